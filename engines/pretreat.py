@@ -1,0 +1,85 @@
+"""OpenGait's silhouette pretreatment, shared by the segment stage and the dataset readers.
+
+Pipeline masks and dataset silhouettes must look alike to the network, so both go through this module: crop to the
+mask's rows, resize to 64 high keeping the aspect ratio, centre on the horizontal centre of mass, pad to 64×64
+(OpenGait `datasets/pretreatment.py`), then cut 10 columns from each side (OpenGait's `BaseSilCuttingTransform`)
+to get the network input of 64×44.
+
+Must not import `pipeline` or `stages`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+SIL_HEIGHT = 64
+SIL_PADDED_WIDTH = 64
+SIL_WIDTH = 44
+_SIDE_CUT = (SIL_PADDED_WIDTH - SIL_WIDTH) // 2
+
+RejectReason = Literal["empty", "tiny", "truncated", "wide"]
+REJECT_REASONS: tuple[RejectReason, ...] = ("empty", "tiny", "truncated", "wide")
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Why a mask was not turned into a silhouette; the segment stage counts these per reason."""
+
+    reason: RejectReason
+    detail: str
+
+
+def cut_sides(silhouettes_64x64: NDArray[np.uint8]) -> NDArray[np.uint8]:
+    """(..., 64, 64) -> (..., 64, 44): OpenGait's load-time cut of 10 columns on each side."""
+    return np.ascontiguousarray(silhouettes_64x64[..., _SIDE_CUT : SIL_PADDED_WIDTH - _SIDE_CUT])
+
+
+def pretreat_silhouette(
+    mask: NDArray[np.bool_] | NDArray[np.uint8],
+    *,
+    touches_top: bool = False,
+    touches_bottom: bool = False,
+    min_height_px: int = 48,
+    max_width_ratio: float = 1.0,
+) -> NDArray[np.uint8] | Rejection:
+    """One person mask (h, w), any resolution -> (64, 44) uint8 in {0, 255}, or the reason it was rejected.
+
+    `touches_top` / `touches_bottom` say whether the mask's crop reaches the frame border, where the person is cut
+    off and the silhouette would lie about the gait. `min_height_px` is the smallest mask height (in source pixels)
+    worth upscaling to 64. `max_width_ratio` rejects blobs wider than tall (merged people, cars).
+    The result is re-binarised after the resize because the CASIA-B training silhouettes are binary.
+    """
+    binary = np.asarray(mask) > 0
+    rows = np.flatnonzero(binary.any(axis=1))
+    if rows.size == 0:
+        return Rejection("empty", "mask has no foreground pixels")
+    height_px = int(rows[-1] - rows[0] + 1)
+    if height_px < min_height_px:
+        return Rejection("tiny", f"mask is {height_px} px high, below min_height_px={min_height_px}")
+    if touches_top or touches_bottom:
+        side = "top" if touches_top else "bottom"
+        return Rejection("truncated", f"person cut off at the {side} of the frame")
+    cropped = binary[rows[0] : rows[-1] + 1].astype(np.uint8) * 255
+    cols = np.flatnonzero(cropped.any(axis=0))
+    width_px = int(cols[-1] - cols[0] + 1)
+    if width_px > max_width_ratio * height_px:
+        return Rejection("wide", f"mask is {width_px}x{height_px} px, wider than max_width_ratio={max_width_ratio}")
+
+    new_width = max(1, int(cropped.shape[1] * SIL_HEIGHT / cropped.shape[0]))
+    resized = cv2.resize(cropped, (new_width, SIL_HEIGHT), interpolation=cv2.INTER_CUBIC)
+    resized = np.where(resized > 127, 255, 0).astype(np.uint8)
+    column_mass = resized.sum(axis=0, dtype=np.int64).cumsum()
+    if column_mass[-1] == 0:
+        return Rejection("empty", "mask vanished when resized to 64 px high")
+    x_center = int(np.searchsorted(column_mass, column_mass[-1] / 2, side="right"))
+
+    half = SIL_PADDED_WIDTH // 2
+    padded = np.zeros((SIL_HEIGHT, new_width + 2 * half), np.uint8)
+    padded[:, half : half + new_width] = resized
+    left = x_center  # x_center - half, shifted by the left padding of `half`
+    return cut_sides(padded[:, left : left + SIL_PADDED_WIDTH])
