@@ -1,0 +1,218 @@
+"""Pipeline configuration: YAML files validated into frozen pydantic models, with errors that name file and key.
+
+The tree is `streams` (what to read), `runtime` (supervision, metrics), `graph` (the chain of stages after the
+sources) and `stages` (one section per stage, each validated by that stage's own `Config`). This module knows
+the runtime's parts; the stage sections come from the registry the caller passes in, so `pipeline/` stays free of
+gait. Relative paths in a file resolve against that file's folder, never the working directory; `--set KEY=VALUE`
+overrides are YAML scalars applied before validation. Must not import `stages` or `engines`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, create_model
+
+from pipeline.errors import ConfigError
+
+
+def _resolve_path(value: Path, info: ValidationInfo) -> Path:
+    base = (info.context or {}).get("base_dir")
+    value = value.expanduser()
+    if not value.is_absolute() and base is not None:
+        value = Path(base) / value
+    return Path(value).absolute() if base is not None or value.is_absolute() else value
+
+
+ConfigPath = Annotated[Path, AfterValidator(_resolve_path)]
+"""A path field; relative values resolve against the folder of the config file that set them."""
+
+
+class StrictModel(BaseModel):
+    """Frozen; unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CurveSettings(StrictModel):
+    """CURVE key files for a tcp edge; see `pipeline.transport.CurveKeys`."""
+
+    server_public_file: ConfigPath
+    server_secret_file: ConfigPath | None = None
+    client_secret_file: ConfigPath | None = None
+    authorized_clients_dir: ConfigPath | None = None
+
+
+class StageConfig(StrictModel):
+    """Settings every stage has: its CPU budget and how its input edge is reached."""
+
+    threads: int = Field(1, ge=1, description="CPU threads this stage's libraries may use (OpenCV, ONNX Runtime, torch)")
+    input_endpoint: str | None = Field(
+        None, description="ZeroMQ address of this stage's input; default ipc:// in the run folder (same host)"
+    )
+    input_bind: str | None = Field(None, description="address to bind when it differs from input_endpoint (tcp)")
+    window: int = Field(8, ge=1, description="messages the upstream may have unacknowledged on this stage's input")
+    frame_encoding: Literal["shm", "raw", "jpeg"] = Field(
+        "shm", description="how frames reach this stage: shared memory (same host), raw or JPEG inline (tcp)"
+    )
+    curve: CurveSettings | None = None
+
+
+class StreamSpec(StrictModel):
+    """One input: a video file, an RTSP/HTTP URL, or `webcam:N`."""
+
+    uri: str = Field(description="file path, rtsp:// or http(s):// URL, or webcam:N")
+    id: str | None = Field(None, description="stream id in events and outputs; default: file stem or host")
+    rotate: Literal["none", "cw90", "ccw90", "180"] = Field("none", description="for cameras mounted sideways")
+
+
+class RuntimeConfig(StrictModel):
+    """Supervision and observability of the process graph."""
+
+    heartbeat_interval_s: float = Field(0.5, gt=0)
+    heartbeat_timeout_s: float = Field(15.0, gt=0, description="a silent process is killed and restarted")
+    ready_timeout_s: float = Field(180.0, gt=0, description="time a stage may take to open (load weights)")
+    restart_backoff_initial_s: float = Field(0.5, ge=0)
+    restart_backoff_max_s: float = Field(10.0, ge=0)
+    max_restarts: int = Field(5, ge=0, description="restarts of one process within restart_window_s before giving up")
+    restart_window_s: float = Field(120.0, gt=0)
+    stop_timeout_s: float = Field(10.0, gt=0, description="grace period on shutdown before processes are killed")
+    max_consecutive_failures: int = Field(
+        50, ge=1, description="per-message failures in a row after which a stage exits to be restarted"
+    )
+    tick_ms: float = Field(50.0, gt=0, description="longest a stage waits for input before its time-driven work")
+    max_batch: int = Field(16, ge=1, description="messages a stage may take from its input at once")
+    metrics_port: int | None = Field(None, ge=0, le=65535, description="serve Prometheus metrics on 127.0.0.1:PORT")
+    metrics_log_interval_s: float = Field(10.0, gt=0)
+    run_dir: ConfigPath | None = Field(None, description="folder for ipc sockets; default a fresh temp folder")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    progress: bool = Field(True, description="progress bar for batch runs (on terminals)")
+
+
+def _format_location(loc: Sequence[Any]) -> str:
+    return ".".join(str(part) for part in loc)
+
+
+def _fields_at(model: type[BaseModel], loc: Sequence[Any]) -> list[str]:
+    """Valid field names of the model reached by following `loc` (for 'did you mean' hints)."""
+    current: Any = model
+    for part in loc:
+        fields = getattr(current, "model_fields", None)
+        if fields is None or part not in fields:
+            return []
+        annotation = fields[part].annotation
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        current = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if current is None:
+            return []
+    return list(getattr(current, "model_fields", {}))
+
+
+def format_validation_error(source: str, model: type[BaseModel], error: ValidationError) -> str:
+    """One line per problem: `file: key.path: what is wrong (got value)`, with a hint for misspelt keys."""
+    lines = []
+    for item in error.errors():
+        loc = item["loc"]
+        where = _format_location(loc) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            valid = _fields_at(model, loc[:-1])
+            close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else (f"; valid keys: {', '.join(valid)}" if valid else "")
+            lines.append(f"{source}: {where}: unknown key{hint}")
+        else:
+            got = item.get("input")
+            shown = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
+            lines.append(f"{source}: {where}: {item['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def build_config_model(stage_configs: Mapping[str, type[StageConfig]], default_graph: Sequence[str]) -> type[BaseModel]:
+    """The pipeline's config model: runtime parts here, one `stages.<name>` section per registered stage."""
+    stages_model = create_model(
+        "StagesConfig",
+        __base__=StrictModel,
+        **{name: (config_cls, Field(default_factory=config_cls)) for name, config_cls in stage_configs.items()},
+    )
+    stage_names = tuple(stage_configs)
+
+    def _check_graph(graph: list[str]) -> list[str]:
+        unknown = [name for name in graph if name not in stage_names]
+        if unknown:
+            raise ValueError(f"unknown stage(s) {unknown}; known: {list(stage_names)}")
+        if len(set(graph)) != len(graph):
+            raise ValueError("a stage appears twice")
+        return graph
+
+    return create_model(
+        "PipelineConfig",
+        __base__=StrictModel,
+        streams=(list[StreamSpec], Field(default_factory=list)),
+        runtime=(RuntimeConfig, Field(default_factory=RuntimeConfig)),
+        graph=(Annotated[list[str], AfterValidator(_check_graph)], Field(default_factory=lambda: list(default_graph))),
+        stages=(stages_model, Field(default_factory=stages_model)),
+    )
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`stages.gait.window_frames=40` -> (['stages', 'gait', 'window_frames'], 40); the value is YAML."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. stages.gait.window_frames=40")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {text!r}: value is not valid YAML: {exc}") from exc
+    return key.strip().split("."), parsed
+
+
+def apply_override(tree: dict[str, Any], path: Sequence[str], value: Any) -> None:
+    node = tree
+    for i, part in enumerate(path[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {'.'.join(path)}: {'.'.join(path[: i + 1])} is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """A config file as a dict; missing file, bad YAML or a non-mapping top level are ConfigErrors."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}:{where} not valid YAML: {getattr(exc, 'problem', exc)}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def load_config(
+    model: type[BaseModel],
+    path: Path | None,
+    overrides: Sequence[tuple[list[str], Any]] = (),
+) -> Any:
+    """Read, override, validate. Relative paths, overrides' too, resolve against the file's folder."""
+    tree = read_yaml(path) if path is not None else {}
+    for key_path, value in overrides:
+        apply_override(tree, key_path, value)
+    source = str(path) if path is not None else "(defaults)"
+    base_dir = path.parent.absolute() if path is not None else Path.cwd()
+    try:
+        return model.model_validate(tree, context={"base_dir": base_dir})
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(source, model, exc)) from None
+
+
+def dump_config(config: BaseModel) -> str:
+    """The validated tree as YAML that loads back to the same config."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,162 @@
+"""The runtime in real processes over real sockets: delivery, restarts, live drops, bad input, shutdown."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import psutil
+import pytest
+import zmq
+
+from pipeline.shm import shm_dir
+from pipeline.stage import process_title
+from tests.conftest import REPO_ROOT
+from tests.pipeline.runtime_stages import read_lines, run_graph
+
+
+def checksums(path: Path) -> list[int]:
+    """Per-frame checksums computed straight from the file, independently of the pipeline."""
+    capture = cv2.VideoCapture(str(path))
+    sums = []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        sums.append(int(np.asarray(frame[::16, ::16], np.int64).sum()))
+    return sums
+
+
+def wait_for(condition, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def child_named(name: str) -> psutil.Process | None:
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if child.name() == process_title(name):
+                return child
+        except psutil.NoSuchProcess:
+            continue
+    return None
+
+
+def frames_of(lines: list[dict], stream: str) -> list[dict]:
+    return [line for line in lines if line.get("stream") == stream and "seq" in line]
+
+
+def test_batch_run_delivers_every_frame_once_in_order(tmp_path, outdoor_clip):
+    out = tmp_path / "rec.jsonl"
+    result = run_graph([{"uri": str(outdoor_clip), "id": "ab"}], {"stages.recorder.path": str(out)})
+    lines = read_lines(out)
+    frames = frames_of(lines, "ab")
+    assert result.exit_code == 0
+    assert [f["seq"] for f in frames] == list(range(211))
+    assert [f["sum"] for f in frames] == checksums(outdoor_clip)
+    assert lines[-1] == {"stream": "ab", "eos": 211, "reason": "end"}
+    assert result.metrics["recorder"]["counters"]["frames_in_total"] == 211
+
+
+def test_killed_stage_restarts_and_batch_mode_loses_nothing(tmp_path, outdoor_clip):
+    out = tmp_path / "rec.jsonl"
+    killed: list[int] = []
+
+    def kill_relay_mid_run() -> None:
+        wait_for(lambda: out.exists() and len(read_lines(out)) >= 40, 60, "40 frames through the graph")
+        relay = wait_for(lambda: child_named("relay"), 10, "the relay process")
+        killed.append(relay.pid)
+        os.kill(relay.pid, signal.SIGKILL)
+
+    thread = threading.Thread(target=kill_relay_mid_run)
+    thread.start()
+    result = run_graph(
+        [{"uri": str(outdoor_clip), "id": "ab"}],
+        {"stages.recorder.path": str(out), "stages.relay.delay_ms": 15, "runtime.restart_backoff_initial_s": 0.1},
+    )
+    thread.join()
+    frames = frames_of(read_lines(out), "ab")
+    assert killed, "the relay was never killed"
+    assert result.exit_code == 0
+    assert result.metrics["relay"]["restarts"] == 1
+    assert [f["seq"] for f in frames] == list(range(211)), "a frame was lost or duplicated across the restart"
+    assert [f["sum"] for f in frames] == checksums(outdoor_clip)
+
+
+def test_live_mode_drops_oldest_frames_and_counts_each_drop(tmp_path, outdoor_clip):
+    out = tmp_path / "rec.jsonl"
+    result = run_graph(
+        [{"uri": str(outdoor_clip), "id": "ab"}],
+        {"stages.recorder.path": str(out), "stages.relay.delay_ms": 70, "stages.source.mode": "live",
+         "stages.relay.window": 2},
+    )
+    frames = frames_of(read_lines(out), "ab")
+    seqs = [f["seq"] for f in frames]
+    drops = result.metrics["source-0"]["counters"].get('dropped_total{reason="live_queue_full"}', 0)
+    assert result.exit_code == 0
+    assert seqs == sorted(set(seqs)), "live frames must stay in order without duplicates"
+    assert drops > 50, "a 70 ms stage behind a 30 fps source must shed frames"
+    assert len(seqs) + drops == 211, "every frame is either delivered or counted as dropped"
+    assert sum(b - a - 1 for a, b in zip(seqs, seqs[1:])) + seqs[0] + (210 - seqs[-1]) == drops
+
+
+def test_malformed_messages_on_a_socket_are_dropped_and_counted(tmp_path, outdoor_clip):
+    out = tmp_path / "rec.jsonl"
+    endpoint = f"ipc://{tmp_path}/relay.sock"
+    context = zmq.Context()
+    intruder = context.socket(zmq.DEALER)
+    intruder.connect(endpoint)
+
+    def inject() -> None:
+        wait_for(lambda: out.exists() and len(read_lines(out)) >= 20, 60, "frames flowing")
+        intruder.send_multipart([b"garbage"])                                   # not an envelope
+        intruder.send_multipart([b"D", (1).to_bytes(8, "little"), b"t", b"\x00\xff"])  # bad header
+        intruder.send_multipart([b"D", (2).to_bytes(8, "little"), b"t"])        # truncated
+
+    thread = threading.Thread(target=inject)
+    thread.start()
+    result = run_graph(
+        [{"uri": str(outdoor_clip), "id": "ab"}],
+        {"stages.recorder.path": str(out), "stages.relay.input_endpoint": endpoint, "stages.relay.delay_ms": 5},
+    )
+    thread.join()
+    intruder.close(0)
+    context.term()
+    counters = result.metrics["relay"]["counters"]
+    assert result.exit_code == 0
+    assert result.metrics["relay"]["restarts"] == 0
+    assert counters.get('dropped_total{reason="malformed_envelope"}', 0) == 1
+    assert counters.get('dropped_total{reason="malformed"}', 0) == 2  # bad header; truncated message
+    assert [f["seq"] for f in frames_of(read_lines(out), "ab")] == list(range(211))
+
+
+def test_sigterm_stops_everything_cleanly(tmp_path, outdoor_clip):
+    out = tmp_path / "rec.jsonl"
+    arguments = {"streams": [{"uri": str(outdoor_clip), "id": "ab"}],
+                 "overrides": {"stages.recorder.path": str(out), "stages.source.mode": "live"}}
+    before = set(p.name for p in shm_dir().glob("gaitstream-*"))
+    process = subprocess.Popen([sys.executable, "-m", "tests.pipeline.runtime_stages", json.dumps(arguments)],
+                               cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: out.exists() and len(read_lines(out)) >= 10, 60, "frames flowing")
+    children = psutil.Process(process.pid).children(recursive=True)
+    assert len(children) >= 3  # source, relay, recorder (+ spawn's resource tracker)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr[-2000:]
+    gone, alive = psutil.wait_procs(children, timeout=5)
+    assert not alive, f"orphans left: {alive}"
+    assert set(p.name for p in shm_dir().glob("gaitstream-*")) <= before, "shared memory leaked"
+    assert json.loads(stdout.strip().splitlines()[-1])["reason"] == "signal"
