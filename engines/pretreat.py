@@ -44,14 +44,17 @@ def pretreat_silhouette(
     *,
     touches_top: bool = False,
     touches_bottom: bool = False,
+    touches_left: bool = False,
+    touches_right: bool = False,
     min_height_px: int = 48,
     max_width_ratio: float = 1.0,
 ) -> NDArray[np.uint8] | Rejection:
     """One person mask (h, w), any resolution -> (64, 44) uint8 in {0, 255}, or the reason it was rejected.
 
-    `touches_top` / `touches_bottom` say whether the mask's crop reaches the frame border, where the person is cut
-    off and the silhouette would lie about the gait. `min_height_px` is the smallest mask height (in source pixels)
-    worth upscaling to 64. `max_width_ratio` rejects blobs wider than tall (merged people, cars).
+    `touches_top` / `touches_bottom` / `touches_left` / `touches_right` say whether the mask reaches that frame
+    border, where the person is cut off and the silhouette would lie about the gait (a walker entering or leaving
+    at the side is as truncated as one cut at the top or bottom). `min_height_px` is the smallest mask height (in
+    source pixels) worth upscaling to 64. `max_width_ratio` rejects blobs wider than tall (merged people, cars).
     The result is re-binarised after the resize because the CASIA-B training silhouettes are binary.
     """
     binary = np.asarray(mask) > 0
@@ -61,8 +64,9 @@ def pretreat_silhouette(
     height_px = int(rows[-1] - rows[0] + 1)
     if height_px < min_height_px:
         return Rejection("tiny", f"mask is {height_px} px high, below min_height_px={min_height_px}")
-    if touches_top or touches_bottom:
-        side = "top" if touches_top else "bottom"
+    edges = {"top": touches_top, "bottom": touches_bottom, "left": touches_left, "right": touches_right}
+    if any(edges.values()):
+        side = next(name for name, touches in edges.items() if touches)
         return Rejection("truncated", f"person cut off at the {side} of the frame")
     cropped = binary[rows[0] : rows[-1] + 1].astype(np.uint8) * 255
     cols = np.flatnonzero(cropped.any(axis=0))

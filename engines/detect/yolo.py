@@ -1,0 +1,254 @@
+"""YOLO backend: one Ultralytics model batches the frames of all streams; one ByteTrack / BoT-SORT per stream.
+
+Ultralytics' own `model.track()` keeps its trackers inside the predictor and keys them by batch slot, so
+streams would share or swap tracker state. Here the model only predicts (one batched call for every stream's
+frame) and each stream's tracker (`BYTETracker` / `BOTSORT` built from Ultralytics' own YAML defaults) is
+updated with that stream's boxes, exactly as `ultralytics/trackers/track.py::on_predict_postprocess_end` does.
+
+Ultralytics is made offline before it is imported (`YOLO_OFFLINE`, `YOLO_AUTOINSTALL=false`): it must never
+pip-install a runtime or download weights here. Must not import `pipeline` or `stages`.
+"""
+
+from __future__ import annotations
+
+import ast
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from engines.detect import Detections, DetectorSettings
+from engines.errors import BackendUnavailable, EngineError
+
+log = logging.getLogger(__name__)
+
+_PERSON_CLASS = 0  # COCO
+_DEFAULT_IMGSZ_PX = 640
+
+
+def _offline_ultralytics() -> Any:
+    """Import Ultralytics with auto-install and online checks off; refuse if that did not take effect."""
+    os.environ["YOLO_OFFLINE"] = "1"
+    os.environ["YOLO_AUTOINSTALL"] = "false"
+    import ultralytics
+    from ultralytics.utils import checks
+
+    if checks.AUTOINSTALL or checks.ONLINE:
+        raise BackendUnavailable(
+            "ultralytics was imported before engines.detect.yolo could switch off its run-time installs and "
+            "downloads; set YOLO_OFFLINE=1 and YOLO_AUTOINSTALL=false in the environment of this process"
+        )
+    return ultralytics
+
+
+def ultralytics_weights_dir() -> Path:
+    """Ultralytics' own weights folder (its `weights_dir` setting), where it keeps weights fetched by name."""
+    _offline_ultralytics()
+    from ultralytics.utils import SETTINGS
+
+    return Path(SETTINGS["weights_dir"])
+
+
+@dataclass
+class _StreamTracker:
+    """One stream's tracker plus the id offset that keeps ids fresh after the stream ended and came back."""
+
+    tracker: Any  # BYTETracker | BOTSORT
+    id_offset: int
+    last_id: int
+
+
+class YoloTracker:
+    """`MultiStreamTracker` over Ultralytics YOLO (.pt, .onnx, .tflite; detection or segmentation weights).
+
+    Segmentation weights also give `Detections.label_map`, built from full-resolution masks (`retina_masks`).
+    """
+
+    backend = "yolo"
+
+    def __init__(self, weights: Path, settings: DetectorSettings) -> None:
+        ultralytics = _offline_ultralytics()
+        self._settings = settings
+        self._weights = weights
+        metadata = _read_metadata(weights)
+        self.imgsz_px = _input_size_px(weights, metadata, settings.imgsz_px)
+        self._model = ultralytics.YOLO(str(weights), task=metadata.get("task"))
+        self._tracker_args = _tracker_args(settings)
+        self._predict_kwargs: dict[str, Any] = {
+            "imgsz": self.imgsz_px,
+            "conf": self._tracker_args.track_low_thresh,  # ByteTrack's second association needs the weak boxes
+            "classes": [_PERSON_CLASS],
+            "device": settings.device,
+            "verbose": False,
+            "retina_masks": True,
+        }
+        self._warm_up()
+        self._pin_threads()
+        self._warm_up()
+        self.task: str = self._model.task
+        names = self._model.predictor.model.names
+        if names.get(_PERSON_CLASS) != "person":
+            raise EngineError(
+                f"{weights}: class {_PERSON_CLASS} is {names.get(_PERSON_CLASS)!r}, not 'person'; "
+                "the yolo backend needs COCO-ordered weights"
+            )
+        self._streams: dict[str, _StreamTracker] = {}
+        self._last_ids: dict[str, int] = {}  # survives end_stream so a restarted stream never reuses an id
+
+    def update(self, frames: Sequence[tuple[str, NDArray[np.uint8]]]) -> list[Detections]:
+        """Detect in all frames with one batched predict, then advance each stream's tracker in order."""
+        if not frames:
+            return []
+        results = self._model.predict([frame for _, frame in frames], **self._predict_kwargs)
+        return [
+            self._track(stream_id, frame, result) for (stream_id, frame), result in zip(frames, results, strict=True)
+        ]
+
+    def end_stream(self, stream_id: str) -> None:
+        stream = self._streams.pop(stream_id, None)
+        if stream is not None:
+            self._last_ids[stream_id] = stream.last_id
+
+    def _track(self, stream_id: str, frame: NDArray[np.uint8], result: Any) -> Detections:
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            offset = self._last_ids.get(stream_id, 0)
+            stream = _StreamTracker(self._new_tracker(), id_offset=offset, last_id=offset)
+            self._streams[stream_id] = stream
+        boxes = result.boxes.cpu().numpy()
+        # Rows are [x1, y1, x2, y2, track_id, score, cls, idx]; idx indexes this frame's detections.
+        rows = stream.tracker.update(boxes, frame)
+        if len(rows) == 0:
+            return Detections.empty(self._empty_label_map(frame))
+        det_index, first = np.unique(rows[:, -1].astype(np.int64), return_index=True)
+        track_ids = rows[first, 4].astype(np.int64) + stream.id_offset
+        stream.last_id = max(stream.last_id, int(track_ids.max()))
+        # Boxes are the detector's measurement, not the Kalman estimate: box and mask cover the same pixels.
+        boxes_xyxy = boxes.xyxy[det_index].astype(np.float32)
+        label_map = None
+        if result.masks is not None:
+            masks = result.masks.data.cpu().numpy()[det_index] > 0.5
+            label_map = _paint_label_map(masks, boxes_xyxy)
+        return Detections(boxes_xyxy, track_ids, boxes.conf[det_index].astype(np.float32), label_map)
+
+    def _empty_label_map(self, frame: NDArray[np.uint8]) -> NDArray[np.uint8] | None:
+        return np.zeros(frame.shape[:2], np.uint8) if self.task == "segment" else None
+
+    def _new_tracker(self) -> Any:
+        from ultralytics.trackers.bot_sort import BOTSORT
+        from ultralytics.trackers.byte_tracker import BYTETracker
+
+        return (BOTSORT if self._settings.tracker == "botsort" else BYTETracker)(args=self._tracker_args)
+
+    def _warm_up(self) -> None:
+        """One predict on a blank frame: builds the predictor (loads the runtime); load errors surface now."""
+        height, width = self.imgsz_px
+        self._model.predict(np.zeros((height, width, 3), np.uint8), **self._predict_kwargs)
+
+    def _pin_threads(self) -> None:
+        """Give every runtime exactly `threads` CPU threads, so a pipeline stage can be pinned.
+
+        torch (pre/post-processing, .pt inference) and OpenCV take a process-wide setting. Ultralytics builds
+        the LiteRT interpreter with its own thread count and the ONNX Runtime session with the library default
+        (all cores) and offers no knob, so those two are rebuilt here with the same file and `threads`.
+        """
+        import cv2
+        import torch
+        from ultralytics.nn.backends.litert import LiteRTBackend
+        from ultralytics.nn.backends.onnx import ONNXBackend
+
+        threads = self._settings.threads
+        torch.set_num_threads(threads)
+        cv2.setNumThreads(threads)
+        runtime = self._model.predictor.model.backend
+        if isinstance(runtime, LiteRTBackend) and not runtime.intel:
+            from ai_edge_litert.interpreter import Interpreter
+
+            runtime.interpreter = Interpreter(str(self._weights), num_threads=threads)
+            runtime.interpreter.allocate_tensors()
+            runtime.input_details = runtime.interpreter.get_input_details()
+            runtime.output_details = runtime.interpreter.get_output_details()
+        elif isinstance(runtime, ONNXBackend) and runtime.session.get_providers() == ["CPUExecutionProvider"]:
+            import onnxruntime
+
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+            runtime.session = onnxruntime.InferenceSession(
+                str(self._weights), options, providers=["CPUExecutionProvider"]
+            )
+
+
+def _paint_label_map(masks: NDArray[np.bool_], boxes_xyxy: NDArray[np.float32]) -> NDArray[np.uint8]:
+    """(n, H, W) masks -> (H, W) uint8 with k + 1 on detection k's pixels.
+
+    Where people overlap, the one whose box reaches lower in the frame is nearer a ground-level camera and
+    occludes the other, so masks are painted in order of increasing box bottom.
+    """
+    label_map = np.zeros(masks.shape[1:], np.uint8)
+    for k in np.argsort(boxes_xyxy[:, 3], kind="stable"):
+        label_map[masks[k]] = k + 1
+    return label_map
+
+
+def _read_metadata(weights: Path) -> dict[str, Any]:
+    """Ultralytics' export metadata (task, imgsz, export args); empty for .pt and third-party exports."""
+    if weights.suffix == ".pt":
+        return {}
+    from ultralytics.nn.backends.base import BaseBackend
+
+    return {key: _literal(value) for key, value in BaseBackend.read_metadata(weights).items()}
+
+
+def _literal(value: Any) -> Any:
+    """ONNX metadata stores Python literals as strings ("[320, 320]"); parse them without evaluating code."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return value
+
+
+def _input_size_px(weights: Path, metadata: dict[str, Any], requested: int | None) -> tuple[int, int]:
+    """(h, w) the model runs at: the export's fixed size, unless another size was asked of a dynamic model.
+
+    Exported graphs (.tflite, static .onnx) accept only the size they were exported for, so asking for another
+    one is an error here rather than a shape mismatch deep inside the runtime.
+    """
+    exported = metadata.get("imgsz")
+    exported_hw = None if exported is None else tuple(int(v) for v in np.broadcast_to(exported, 2))
+    args = metadata.get("args") if isinstance(metadata.get("args"), dict) else {}
+    fixed = exported_hw is not None and not args.get("dynamic") and weights.suffix != ".pt"
+    if fixed and requested is not None and (requested, requested) != exported_hw:
+        raise EngineError(
+            f"detector.imgsz_px={requested} but {weights.name} was exported for a fixed {exported_hw[0]}x"
+            f"{exported_hw[1]} input; set detector.imgsz_px to {exported_hw[0]} or leave it unset"
+        )
+    if requested is not None:
+        return (requested, requested)
+    return exported_hw or (_DEFAULT_IMGSZ_PX, _DEFAULT_IMGSZ_PX)
+
+
+def _tracker_args(settings: DetectorSettings) -> Any:
+    """Ultralytics' tracker defaults from its own YAML, with confidence and track lifetime from our settings.
+
+    As in Ultralytics' `model.track()` (which predicts at conf 0.1), the model reports boxes down to
+    `track_low_thresh`: ByteTrack starts and first-matches tracks only with boxes of at least `conf`, and uses the
+    weaker ones in a second association that keeps a walker's track through a partly occluded frame.
+    """
+    from ultralytics.utils import YAML, IterableSimpleNamespace
+    from ultralytics.utils.checks import check_yaml
+
+    args = YAML.load(check_yaml(f"{settings.tracker}.yaml"))
+    args["track_buffer"] = settings.max_lost_frames
+    args["track_high_thresh"] = args["new_track_thresh"] = settings.conf
+    args["track_low_thresh"] = min(args["track_low_thresh"], settings.conf)
+    if settings.tracker == "botsort":
+        args["with_reid"] = False  # ReID would load a second network; appearance is not needed for walkers
+    return IterableSimpleNamespace(**args)
