@@ -20,15 +20,16 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from pipeline.errors import ConfigError
 
 
-def _resolve_path(value: Path, info: ValidationInfo) -> Path:
+def resolve_config_path(value: str | Path, info: ValidationInfo) -> Path:
+    """A path as written in a config file, resolved against that file's folder (validation context)."""
     base = (info.context or {}).get("base_dir")
-    value = value.expanduser()
-    if not value.is_absolute() and base is not None:
-        value = Path(base) / value
-    return Path(value).absolute() if base is not None or value.is_absolute() else value
+    path = Path(value).expanduser()
+    if not path.is_absolute() and base is not None:
+        path = Path(base) / path
+    return path.absolute() if base is not None or path.is_absolute() else path
 
 
-ConfigPath = Annotated[Path, AfterValidator(_resolve_path)]
+ConfigPath = Annotated[Path, AfterValidator(resolve_config_path)]
 """A path field; relative values resolve against the folder of the config file that set them."""
 
 
@@ -50,7 +51,7 @@ class CurveSettings(StrictModel):
 class StageConfig(StrictModel):
     """Settings every stage has: its CPU budget and how its input edge is reached."""
 
-    threads: int = Field(1, ge=1, description="CPU threads this stage's libraries may use (OpenCV, ONNX Runtime, torch)")
+    threads: int = Field(1, ge=1, description="CPU threads for this stage's libraries (OpenCV, ONNX Runtime, torch)")
     input_endpoint: str | None = Field(
         None, description="ZeroMQ address of this stage's input; default ipc:// in the run folder (same host)"
     )
@@ -196,13 +197,38 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+def merge_trees(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """`top` over `base`, section by section; lists and values in `top` replace those in `base`."""
+    merged = dict(base)
+    for key, value in top.items():
+        both_sections = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = merge_trees(merged[key], value) if both_sections else value
+    return merged
+
+
+def read_config_tree(path: Path) -> dict[str, Any]:
+    """A config file with its `extends: OTHER.yaml` chain merged in (the other file in the same folder, so every
+    relative path in the chain means the same thing)."""
+    tree = read_yaml(path)
+    seen = {path.resolve()}
+    while "extends" in tree:
+        parent = path.parent / str(tree.pop("extends"))
+        if parent.resolve().parent != path.resolve().parent:
+            raise ConfigError(f"{path}: extends: {parent.name} must be a file in the same folder")
+        if parent.resolve() in seen:
+            raise ConfigError(f"{path}: extends: {parent.name} makes a loop")
+        seen.add(parent.resolve())
+        tree = merge_trees(read_yaml(parent), tree)
+    return tree
+
+
 def load_config(
     model: type[BaseModel],
     path: Path | None,
     overrides: Sequence[tuple[list[str], Any]] = (),
 ) -> Any:
     """Read, override, validate. Relative paths, overrides' too, resolve against the file's folder."""
-    tree = read_yaml(path) if path is not None else {}
+    tree = read_config_tree(path) if path is not None else {}
     for key_path, value in overrides:
         apply_override(tree, key_path, value)
     source = str(path) if path is not None else "(defaults)"

@@ -29,3 +29,7 @@ class StaleFrame(GaitstreamError):
 
 class TransportError(GaitstreamError):
     """An endpoint cannot be bound or connected, or its keys are missing."""
+
+
+class FatalError(GaitstreamError):
+    """Retrying cannot fix this (disk full, no display): the stage reports it and the run stops."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import msgpack
 import numpy as np
@@ -188,8 +188,8 @@ class FrameRecord:
     `seq` is the frame index on the stream: for files the decoded frame number (deterministic, so a restarted
     source resumes without duplicates), for live streams the capture count within `epoch` (a new epoch starts
     whenever a live source process starts). Gaps in `seq` within an epoch are frames dropped at the source.
-    `pts_s` is the media time in seconds and `fps` the stream's nominal frame rate. `hops` records, per stage, the monotonic ns at which it forwarded the
-    record, for per-stage latency.
+    `pts_s` is the media time in seconds and `fps` the stream's nominal frame rate. `hops` records, per stage, the
+    monotonic ns at which it forwarded the record, for per-stage latency.
     """
 
     stream_id: str
@@ -270,9 +270,9 @@ class Stop:
     reason: str = ""
 
 
-DataMessage = Union[FrameRecord, EndOfStream]
-ControlMessage = Union[Ready, Heartbeat, Report, Stop]
-Message = Union[DataMessage, ControlMessage]
+DataMessage = FrameRecord | EndOfStream
+ControlMessage = Ready | Heartbeat | Report | Stop
+Message = DataMessage | ControlMessage
 
 KINDS: dict[str, type] = {
     "frame_record": FrameRecord,

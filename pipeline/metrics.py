@@ -33,7 +33,8 @@ def percentiles_ms(samples: Any) -> dict[str, float]:
     if values.size == 0:
         return {"p50": 0.0, "p95": 0.0, "p99": 0.0, "max": 0.0, "count": 0}
     p50, p95, p99 = np.percentile(values, [50, 95, 99])
-    return {"p50": float(p50), "p95": float(p95), "p99": float(p99), "max": float(values.max()), "count": int(values.size)}
+    return {"p50": float(p50), "p95": float(p95), "p99": float(p99), "max": float(values.max()),
+            "count": int(values.size)}
 
 
 class ProcessMetrics:
@@ -67,7 +68,8 @@ class ProcessMetrics:
     def snapshot(self) -> dict[str, Any]:
         """Plain-dict view for the heartbeat; fps is frames out since the previous snapshot per second."""
         now = self.clock()
-        frames_out = self.counters.get("frames_out_total", 0.0)
+        # Frames leaving the process; for a sink (nothing leaves), frames taken in.
+        frames_out = self.counters.get("frames_out_total", self.counters.get("frames_in_total", 0.0))
         elapsed = max(now - self._last_snapshot_s, 1e-9)
         fps = (frames_out - self._last_frames_out) / elapsed
         self._last_snapshot_s, self._last_frames_out = now, frames_out

@@ -34,7 +34,7 @@ from numpy.typing import NDArray
 from pydantic import Field
 
 from pipeline.config import RuntimeConfig, StageConfig, StreamSpec
-from pipeline.errors import GaitstreamError, SchemaError, SourceError, StaleFrame
+from pipeline.errors import FatalError, GaitstreamError, SchemaError, SourceError, StaleFrame
 from pipeline.logs import setup_logging
 from pipeline.messages import (
     DataMessage,
@@ -50,13 +50,13 @@ from pipeline.messages import (
 )
 from pipeline.metrics import ProcessMetrics
 from pipeline.shm import FrameRing, RingReaders, ring_name
-from pipeline.transport import ControlClient, CurveKeys, EdgeReceiver, EdgeSender, EventPublisher, Custody
+from pipeline.transport import ControlClient, CurveKeys, Custody, EdgeReceiver, EdgeSender, EventPublisher
 
 log = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_CRASH = 1
-EXIT_OPEN_FAILED = 3  # open() failed: restarting cannot help (missing weights, bad device)
+EXIT_FATAL = 3  # open() failed or a FatalError: restarting cannot help (missing weights, disk full)
 SUMMARY_EVERY_S = 10.0
 
 
@@ -346,6 +346,8 @@ class StageRunner(_Base):
         try:
             outputs = self.stage.process_batch(records)
             self.consecutive_failures = 0
+        except FatalError:
+            raise
         except Exception as exc:  # one bad batch must not take the stage down: count, forward unchanged
             self.consecutive_failures += len(records)
             self.metrics.inc("errors_total", len(records), kind=type(exc).__name__)
@@ -366,6 +368,8 @@ class StageRunner(_Base):
             outputs = list(self.stage.on_end_of_stream(eos))
             if not outputs or not isinstance(outputs[-1], EndOfStream):
                 raise TypeError(f"{type(self.stage).__name__}.on_end_of_stream must end with the EndOfStream")
+        except FatalError:
+            raise
         except Exception as exc:
             self.metrics.inc("errors_total", kind=type(exc).__name__)
             log.warning("end-of-stream handling failed: %s: %s stream=%s", type(exc).__name__, exc, eos.stream_id)
@@ -735,18 +739,25 @@ def run_process(spec: ProcessSpec) -> None:
         runner = runner_cls(spec)
     except GaitstreamError as exc:
         log.error("%s", exc)
-        raise SystemExit(EXIT_OPEN_FAILED) from None
+        raise SystemExit(EXIT_FATAL) from None
     try:
         runner.stage.open()
     except Exception as exc:  # any failure to open is final for this process: report it in one line
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        log.error("cannot open stage: %s", message, exc_info=log.isEnabledFor(logging.DEBUG))
-        runner.send_control(Report(spec.process, "open_failed", detail=message))
+        _report_fatal(runner, exc, "cannot open stage")
         runner.close()
-        raise SystemExit(EXIT_OPEN_FAILED) from None
+        raise SystemExit(EXIT_FATAL) from None
     code = EXIT_CRASH
     try:
         code = runner.run()
+    except FatalError as exc:
+        _report_fatal(runner, exc, "stopping")
+        code = EXIT_FATAL
     finally:
         runner.close()
     raise SystemExit(code)
+
+
+def _report_fatal(runner: _Base, exc: Exception, doing: str) -> None:
+    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    log.error("%s: %s", doing, message, exc_info=log.isEnabledFor(logging.DEBUG))
+    runner.send_control(Report(runner.spec.process, "fatal", detail=message))

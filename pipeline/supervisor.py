@@ -35,7 +35,7 @@ from pipeline.errors import ConfigError, SchemaError
 from pipeline.messages import Heartbeat, Ready, Report, Stop, decode, encode
 from pipeline.metrics import MetricsBoard
 from pipeline.shm import remove_run_rings
-from pipeline.stage import EXIT_OK, EXIT_OPEN_FAILED, EdgeSpec, ProcessSpec, SourceStage, Stage, run_process
+from pipeline.stage import EXIT_FATAL, EXIT_OK, EdgeSpec, ProcessSpec, SourceStage, Stage, run_process
 from pipeline.transport import ControlServer, CurveKeys
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,9 @@ def _curve_keys(settings: CurveSettings | None) -> CurveKeys | None:
     )
 
 
-def assign_inputs(streams: list[StreamSpec], is_live: Callable[[StreamSpec], bool], parallel: int) -> list[list[StreamSpec]]:
+def assign_inputs(
+    streams: list[StreamSpec], is_live: Callable[[StreamSpec], bool], parallel: int
+) -> list[list[StreamSpec]]:
     """One source process per live stream; recorded files spread round-robin over `parallel` processes."""
     live = [[s] for s in streams if is_live(s)]
     files = [s for s in streams if not is_live(s)]
@@ -266,7 +268,7 @@ class Supervisor:
                 continue
             if code == EXIT_OK and (managed.is_source or self.stop_reason):
                 managed.state = ProcessState.STOPPED
-            elif code == EXIT_OPEN_FAILED:
+            elif code == EXIT_FATAL:
                 # The process reported why (open_failed) unless it died before it could.
                 if managed.state != ProcessState.FAILED:
                     self._fail(managed, f"{managed.name} could not start (exit code {code}); see the log above")
@@ -309,7 +311,7 @@ class Supervisor:
         if self.on_report is not None:
             self.on_report(report)
         stream = report.stream_id
-        if report.event == "open_failed":
+        if report.event == "fatal":
             self._fail(managed, f"{managed.name}: {report.detail}")
         elif report.event == "input_failed":
             self.skipped[report.data.get("uri", stream)] = report.detail
@@ -331,6 +333,9 @@ class Supervisor:
                 entry["detail"] = report.detail
         elif report.event == "drained":
             managed.drained = True
+        elif report.event == "stop_requested":
+            log.info("stop requested by %s: %s", managed.name, report.detail)
+            self.stop_reason = self.stop_reason or "user"
 
     # --- run ---------------------------------------------------------------------------------------------------
     def _batch_complete(self) -> bool:
@@ -381,8 +386,8 @@ class Supervisor:
     def _start_metrics_server(self) -> None:
         if self.runtime.metrics_port is None:
             return
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
         import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         board = self.board
 
@@ -483,7 +488,7 @@ class Supervisor:
         finished = [s for s, e in self.streams.items() if e.get("finished") and e.get("end_reason") == "end"]
         if self.failed:
             code = 2 if not finished else 1
-        elif self.stop_reason == "signal":
+        elif self.stop_reason in ("signal", "user"):
             code = 0
         elif self.skipped or any(e.get("end_reason") == "error" for e in self.streams.values()):
             code = 1 if finished else 2

@@ -34,7 +34,9 @@ class StageRun:
         return [m for m in self.outputs if isinstance(m, FrameRecord)]
 
 
-def make_record(stream_id: str, seq: int, pixels: NDArray[np.uint8], *, fps: float = 30.0, epoch: int = 0) -> FrameRecord:
+def make_record(
+    stream_id: str, seq: int, pixels: NDArray[np.uint8], *, fps: float = 30.0, epoch: int = 0
+) -> FrameRecord:
     """A FrameRecord with inline pixels, as a source would send it."""
     height, width = pixels.shape[:2]
     return FrameRecord(stream_id, seq, epoch, time.monotonic_ns(), seq / fps, fps, Frame(height, width, pixels))

@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def wait_for(condition: Callable[[], Any], timeout_s: float, what: str, poll_s: float = 0.05) -> Any:
+    """Poll `condition` until it returns something truthy (returned); fail naming `what` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(poll_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
 
 
 def find_shared_dir() -> Path:
@@ -59,3 +73,30 @@ def outdoor_frames(outdoor_clip: Path) -> list[np.ndarray]:
         frames.append(frame)
     capture.release()
     return frames
+
+
+@pytest.fixture(scope="session")
+def casia_b(assets: Path) -> Path:
+    return assets / "datasets" / "casia-b"
+
+
+def read_frames(path: Path, indices: set[int]) -> dict[int, np.ndarray]:
+    """Decode `path` once, up to its largest wanted index, keeping the BGR frames at `indices`."""
+    capture = cv2.VideoCapture(str(path))
+    frames: dict[int, np.ndarray] = {}
+    for index in range(max(indices) + 1):
+        ok, frame = capture.read()
+        if not ok:
+            break
+        if index in indices:
+            frames[index] = frame
+    capture.release()
+    if len(frames) != len(indices):
+        pytest.fail(f"{path}: could not decode frames {sorted(indices - frames.keys())}", pytrace=False)
+    return frames
+
+
+@pytest.fixture(scope="session")
+def outdoor_walk_frames(outdoor_clip: Path) -> dict[int, np.ndarray]:
+    """Outdoor clip frames with one walker fully in view: person A in 40-69, person B in 124-139."""
+    return read_frames(outdoor_clip, {*range(40, 70), *range(124, 140)})

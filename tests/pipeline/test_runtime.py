@@ -8,18 +8,16 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 import psutil
-import pytest
 import zmq
 
 from pipeline.shm import shm_dir
 from pipeline.stage import process_title
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, wait_for
 from tests.pipeline.runtime_stages import read_lines, run_graph
 
 
@@ -33,16 +31,6 @@ def checksums(path: Path) -> list[int]:
             break
         sums.append(int(np.asarray(frame[::16, ::16], np.int64).sum()))
     return sums
-
-
-def wait_for(condition, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 def child_named(name: str) -> psutil.Process | None:

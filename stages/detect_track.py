@@ -1,0 +1,92 @@
+"""detect_track: finds and tracks people in every frame; decides when a track has ended.
+
+The computation lives in `engines.detect` (YOLO + ByteTrack/BoT-SORT, or background subtraction + its own
+tracker); this stage batches frames from all streams into one detector call, keeps track ids unique per stream
+across its own restarts, and marks a track as ended once it has been unseen for `track_end_after_s` of media
+time (or when its stream ends).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import Field, ValidationInfo, field_validator
+
+from engines.detect import DetectorSettings, MultiStreamTracker, open_tracker
+from pipeline.config import StageConfig, resolve_config_path
+from pipeline.messages import DataMessage, EndOfStream, FrameRecord, Tracks
+from pipeline.stage import Stage
+
+log = logging.getLogger(__name__)
+
+# A restarted stage starts new trackers; offsetting their ids by incarnation keeps ids unique within a stream.
+TRACK_ID_STRIDE = 1_000_000
+
+
+class DetectTrackConfig(StageConfig):
+    """Which detector, and when a track counts as ended. The detector's CPU threads follow `threads`."""
+
+    detector: DetectorSettings = Field(default_factory=DetectorSettings)
+    track_end_after_s: float = Field(1.0, gt=0, description="a track unseen this long (media time) has ended")
+
+    @field_validator("detector")
+    @classmethod
+    def _resolve_weight_paths(cls, value: DetectorSettings, info: ValidationInfo) -> DetectorSettings:
+        """Paths with a folder part resolve against the config file's folder; bare names stay official names."""
+        resolved = [str(resolve_config_path(w, info)) if len(Path(w).parts) > 1 else str(w) for w in value.weights]
+        return value.model_copy(update={"weights": resolved})
+
+
+@dataclass
+class _StreamTracks:
+    """Per-stream state: when each live track was last seen (media seconds)."""
+
+    last_seen_s: dict[int, float] = field(default_factory=dict)
+
+
+class DetectTrackStage(Stage):
+    name = "detect_track"
+    Config: ClassVar[type[StageConfig]] = DetectTrackConfig
+
+    def open(self) -> None:
+        config: DetectTrackConfig = self.config  # type: ignore[assignment]
+        settings = config.detector.model_copy(update={"threads": config.threads})
+        self.tracker: MultiStreamTracker = open_tracker(settings)
+        self.id_offset = self.context.incarnation * TRACK_ID_STRIDE
+        self.streams: dict[str, _StreamTracks] = {}
+        self.context.metrics.set("detector_backend_yolo", float(self.tracker.backend == "yolo"))
+
+    def process_batch(self, records: list[FrameRecord]) -> list[DataMessage]:
+        detections = self.tracker.update([(r.stream_id, r.frame.pixels) for r in records])
+        return [self._annotate(record, found) for record, found in zip(records, detections)]
+
+    def _annotate(self, record: FrameRecord, found: Any) -> FrameRecord:
+        config: DetectTrackConfig = self.config  # type: ignore[assignment]
+        state = self.streams.setdefault(record.stream_id, _StreamTracks())
+        track_ids = found.track_ids + self.id_offset
+        for track_id in track_ids.tolist():
+            if track_id not in state.last_seen_s:
+                log.info("track started stream=%s track=%d seq=%d", record.stream_id, track_id, record.seq)
+                self.context.metrics.inc("tracks_started_total")
+            state.last_seen_s[track_id] = record.pts_s
+        ended = sorted(t for t, seen in state.last_seen_s.items() if record.pts_s - seen > config.track_end_after_s)
+        for track_id in ended:
+            del state.last_seen_s[track_id]
+            log.info("track ended stream=%s track=%d seq=%d", record.stream_id, track_id, record.seq)
+        self.context.metrics.set("live_tracks", sum(len(s.last_seen_s) for s in self.streams.values()))
+        return dataclasses.replace(
+            record,
+            tracks=Tracks(found.boxes_xyxy_px, track_ids.astype(np.int64), found.scores),
+            label_map=found.label_map,
+            ended_track_ids=np.asarray(ended, np.int64),
+        )
+
+    def on_end_of_stream(self, eos: EndOfStream) -> list[DataMessage]:
+        state = self.streams.pop(eos.stream_id, _StreamTracks())
+        self.tracker.end_stream(eos.stream_id)
+        return [dataclasses.replace(eos, ended_track_ids=np.asarray(sorted(state.last_seen_s), np.int64))]

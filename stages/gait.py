@@ -1,0 +1,163 @@
+"""gait: keeps a window of silhouettes per track and turns full windows into gait embeddings.
+
+Every `stride_frames` new silhouettes, once a track has `window_frames` of them, its latest window is encoded;
+when a track ends, one final window (at least `min_frames`) is encoded too. Windows that become ready in the same
+batch of frames, from any tracks and streams, go through the encoder in one call (grouped by length), which is
+where a GPU earns its keep. Buffers are keyed by (stream, track) and deleted at track end, at end of stream, or
+after `track_timeout_s` without a silhouette.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections import deque
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+from pydantic import Field, model_validator
+
+from pipeline.config import ConfigPath, StageConfig
+from pipeline.messages import DataMessage, Embeddings, EndOfStream, FrameRecord
+from pipeline.stage import Stage
+
+if TYPE_CHECKING:
+    from engines.gait.encoder import GaitEncoder
+
+log = logging.getLogger(__name__)
+
+
+class GaitConfig(StageConfig):
+    """Which encoder, and how silhouettes are grouped into windows."""
+
+    encoder: ConfigPath | None = Field(None, description="encoder weights (.pt, .onnx, .engine); none: no embeddings")
+    backend: Literal["auto", "torch", "onnxruntime", "tensorrt"] = "auto"
+    device: str = Field("cpu", description="'cpu' or 'cuda[:N]'")
+    window_frames: int = Field(30, ge=1, description="silhouettes per embedding window (about one gait cycle)")
+    stride_frames: int = Field(15, ge=1, description="new silhouettes between two embeddings of a track")
+    min_frames: int = Field(15, ge=1, description="fewest silhouettes for the final embedding of a track")
+    track_timeout_s: float = Field(30.0, gt=0, description="forget a track with no silhouette for this long")
+
+    @model_validator(mode="after")
+    def _min_within_window(self) -> GaitConfig:
+        if self.min_frames > self.window_frames:
+            raise ValueError(f"min_frames ({self.min_frames}) must not exceed window_frames ({self.window_frames})")
+        return self
+
+
+class SilhouetteBuffer:
+    """The latest `window_frames` silhouettes of one track, and how many arrived since its last embedding."""
+
+    def __init__(self, window_frames: int, now_s: float) -> None:
+        self.frames: deque[NDArray[np.uint8]] = deque(maxlen=window_frames)
+        self.new_since_embedding = 0
+        self.last_seen_s = now_s
+
+    def push(self, silhouette: NDArray[np.uint8], now_s: float) -> None:
+        self.frames.append(silhouette)
+        self.new_since_embedding += 1
+        self.last_seen_s = now_s
+
+    def take_window(self) -> NDArray[np.uint8]:
+        """(T, 64, 44) copy of the buffered silhouettes; resets the count since the last embedding."""
+        self.new_since_embedding = 0
+        return np.stack(self.frames)
+
+
+@dataclasses.dataclass
+class _Window:
+    index: int  # position of the message it is attached to in the batch
+    track_id: int
+    silhouettes: NDArray[np.uint8]
+    final: bool
+
+
+class GaitStage(Stage):
+    name = "gait"
+    Config: ClassVar[type[StageConfig]] = GaitConfig
+
+    def open(self) -> None:
+        config: GaitConfig = self.config  # type: ignore[assignment]
+        self.buffers: dict[tuple[str, int], SilhouetteBuffer] = {}
+        self.encoder: GaitEncoder | None = None
+        if config.encoder is None:
+            log.warning("no gait encoder configured (stages.gait.encoder): tracks get no embeddings")
+            return
+        from engines.gait.encoder import open_encoder  # torch / onnxruntime: only in this stage's process
+
+        self.encoder = open_encoder(Path(config.encoder), backend=config.backend, device=config.device,
+                                    threads=config.threads)
+        log.info("gait encoder %s backend=%s dim=%d parts=%d", self.encoder.name, self.encoder.backend,
+                 self.encoder.embedding_dim, self.encoder.parts)
+
+    # --- windows -----------------------------------------------------------------------------------------------
+    def _collect(self, index: int, message: FrameRecord | EndOfStream, now_s: float) -> list[_Window]:
+        config: GaitConfig = self.config  # type: ignore[assignment]
+        windows = []
+        stream = message.stream_id
+        if isinstance(message, FrameRecord) and message.silhouettes is not None:
+            for track_id, image in zip(message.silhouettes.track_ids.tolist(), message.silhouettes.images):
+                buffer = self.buffers.get((stream, track_id))
+                if buffer is None:
+                    buffer = self.buffers[(stream, track_id)] = SilhouetteBuffer(config.window_frames, now_s)
+                buffer.push(image, now_s)
+                if len(buffer.frames) == config.window_frames and buffer.new_since_embedding >= config.stride_frames:
+                    windows.append(_Window(index, track_id, buffer.take_window(), final=False))
+        for track_id in message.ended_track_ids.tolist():
+            buffer = self.buffers.pop((stream, track_id), None)
+            if buffer is not None and buffer.new_since_embedding and len(buffer.frames) >= config.min_frames:
+                windows.append(_Window(index, track_id, buffer.take_window(), final=True))
+        return windows
+
+    def _encode(self, windows: list[_Window]) -> NDArray[np.float32]:
+        """One encoder call per window length (tracks ending early have shorter windows)."""
+        assert self.encoder is not None
+        vectors = np.zeros((len(windows), self.encoder.embedding_dim), np.float32)
+        for length in sorted({len(w.silhouettes) for w in windows}):
+            rows = [i for i, w in enumerate(windows) if len(w.silhouettes) == length]
+            started = time.perf_counter()
+            vectors[rows] = self.encoder.encode(np.stack([windows[i].silhouettes for i in rows]))
+            self.context.metrics.observe_ms("encode", (time.perf_counter() - started) * 1e3)
+        self.context.metrics.inc("windows_encoded_total", len(windows))
+        return vectors
+
+    def _attach(self, messages: list[Any], windows: list[_Window]) -> list[Any]:
+        if not windows or self.encoder is None:
+            return messages
+        vectors = self._encode(windows)
+        out = list(messages)
+        for index in sorted({w.index for w in windows}):
+            rows = [i for i, w in enumerate(windows) if w.index == index]
+            out[index] = dataclasses.replace(out[index], embeddings=Embeddings(
+                track_ids=np.asarray([windows[i].track_id for i in rows], np.int64),
+                vectors=vectors[rows],
+                window_frames=np.asarray([len(windows[i].silhouettes) for i in rows], np.int64),
+                final=np.asarray([windows[i].final for i in rows], np.bool_),
+                parts=self.encoder.parts,
+                encoder=self.encoder.name,
+            ))
+        return out
+
+    # --- stage contract ----------------------------------------------------------------------------------------
+    def process_batch(self, records: list[FrameRecord]) -> list[DataMessage]:
+        now_s = self.context.clock()
+        windows = [w for i, record in enumerate(records) for w in self._collect(i, record, now_s)]
+        self.context.metrics.set("live_tracks", len(self.buffers))
+        return self._attach(records, windows)
+
+    def on_end_of_stream(self, eos: EndOfStream) -> list[DataMessage]:
+        remaining = sorted(t for s, t in self.buffers if s == eos.stream_id)
+        ended = np.union1d(eos.ended_track_ids, np.asarray(remaining, np.int64))
+        eos = dataclasses.replace(eos, ended_track_ids=ended)
+        windows = self._collect(0, eos, self.context.clock())
+        return self._attach([eos], windows)
+
+    def on_tick(self, now_s: float) -> None:
+        config: GaitConfig = self.config  # type: ignore[assignment]
+        stale = [key for key, b in self.buffers.items() if now_s - b.last_seen_s > config.track_timeout_s]
+        for key in stale:
+            del self.buffers[key]
+            log.debug("forgot silent track stream=%s track=%d", *key)

@@ -1,0 +1,185 @@
+"""match: turns track embeddings into identities (a gallery name or `unknown`), voted over time per track.
+
+Each embedding window gets an open-set decision against the gallery (`engines.matching`); a `TrackVote` per
+(stream, track) turns the recent decisions into a label that does not flicker. Every frame carries the current
+label of each of its tracks; frames on which a track got a new decision mark it `decided`, which is when the sink
+writes an `identity` event with the top-k candidates. The gallery file is re-read when another process (an
+enrolment) commits to it. With `auto_enroll`, a track that ends as `unknown` is added to the gallery as an
+anonymous identity, so the same stranger is recognised later and on other cameras.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import ClassVar
+
+import numpy as np
+from pydantic import Field
+
+from engines.gallery import GalleryStore, resolve_gallery_path
+from engines.matching import UNKNOWN, GalleryIndex, Match, TrackVote, decide_identity
+from pipeline.config import ConfigPath, StageConfig
+from pipeline.messages import Candidate, DataMessage, Embeddings, EndOfStream, FrameRecord, Identities
+from pipeline.stage import Stage
+
+log = logging.getLogger(__name__)
+
+
+class MatchConfig(StageConfig):
+    """The gallery and the open-set decision."""
+
+    gallery: ConfigPath | None = Field(None, 
+                                      description="SQLite gallery; default $GAITSTREAM_GALLERY or ./gallery.sqlite")
+    accept_distance: float = Field(
+        0.25, gt=0, lt=2, description="largest part-averaged cosine distance accepted as a match (calibrated)"
+    )
+    top_k: int = Field(3, ge=1, description="candidates reported with each decision")
+    vote_windows: int = Field(5, ge=1, description="recent window decisions a track's label is voted from")
+    min_agreeing: int = Field(2, ge=1, description="votes a new label needs before the track switches to it")
+    track_timeout_s: float = Field(30.0, gt=0, description="forget the votes of a track silent this long")
+    reload_interval_s: float = Field(2.0, gt=0, description="how often to look for gallery changes")
+    auto_enroll: bool = Field(False, description="add tracks that end unknown as anonymous identities")
+    auto_enroll_min_windows: int = Field(2, ge=1, description="windows an unknown track needs to be auto-enrolled")
+
+
+@dataclasses.dataclass
+class _TrackState:
+    vote: TrackVote
+    candidates: tuple[Candidate, ...] = ()
+    vectors: list[np.ndarray] = dataclasses.field(default_factory=list)
+
+
+class MatchStage(Stage):
+    name = "match"
+    Config: ClassVar[type[StageConfig]] = MatchConfig
+
+    def open(self) -> None:
+        config: MatchConfig = self.config  # type: ignore[assignment]
+        self.gallery_path = resolve_gallery_path(config.gallery)
+        self.store: GalleryStore | None = None
+        self.index: GalleryIndex | None = None
+        self.version = -1
+        self.next_reload_s = 0.0
+        self.tracks: dict[tuple[str, int], _TrackState] = {}
+        self.anonymous_count = 0
+        self.last_encoder: tuple[str, int] | None = None  # (name, parts) of the embeddings seen, for auto-enrol
+        self._reload(force=True)
+
+    # --- gallery -------------------------------------------------------------------------------------------------
+    def _reload(self, force: bool = False) -> None:
+        if self.store is None:
+            if not self.gallery_path.is_file() and not self.config.auto_enroll:  # type: ignore[attr-defined]
+                if force:
+                    log.warning("no gallery at %s: every track is unknown until someone is enrolled",
+                                self.gallery_path)
+                return
+            self.store = GalleryStore(self.gallery_path)
+        version = self.store.data_version()
+        if version == self.version and not force:
+            return
+        self.version = version
+        self.index = GalleryIndex(self.store.snapshot())
+        self.anonymous_count = sum(1 for i in self.store.identities() if i.anonymous)
+        self.context.metrics.set("gallery_identities", len(self.index))
+        log.info("gallery %s: %d identities, %d embeddings, encoder %s", self.gallery_path, len(self.index),
+                 len(self.index.vectors), self.index.encoder)
+
+    def on_tick(self, now_s: float) -> None:
+        config: MatchConfig = self.config  # type: ignore[assignment]
+        if now_s >= self.next_reload_s:
+            self.next_reload_s = now_s + config.reload_interval_s
+            self._reload()
+        stale = [key for key, t in self.tracks.items() if now_s - t.vote.last_seen_s > config.track_timeout_s]
+        for key in stale:
+            del self.tracks[key]
+
+    # --- decisions ---------------------------------------------------------------------------------------------
+    def _matches(self, embeddings: Embeddings) -> list[list[Match]]:
+        config: MatchConfig = self.config  # type: ignore[assignment]
+        if self.index is None or not len(self.index):
+            return [[] for _ in range(len(embeddings.track_ids))]
+        if self.index.encoder != embeddings.encoder:
+            self.context.metrics.inc("dropped_total", len(embeddings.track_ids), reason="encoder_mismatch")
+            log.warning("gallery encoder %s differs from the pipeline's %s: cannot match (re-enrol)",
+                        self.index.encoder, embeddings.encoder)
+            return [[] for _ in range(len(embeddings.track_ids))]
+        return self.index.query(embeddings.vectors, config.top_k)
+
+    def _decide(self, stream_id: str, embeddings: Embeddings | None, now_s: float) -> set[int]:
+        """Vote each embedding window into its track; returns the track ids decided now."""
+        config: MatchConfig = self.config  # type: ignore[assignment]
+        if embeddings is None or not len(embeddings.track_ids):
+            return set()
+        decided = set()
+        for track_id, vector, matches in zip(embeddings.track_ids.tolist(), embeddings.vectors,
+                                             self._matches(embeddings)):
+            state = self.tracks.get((stream_id, track_id))
+            if state is None:
+                state = self.tracks[(stream_id, track_id)] = _TrackState(
+                    TrackVote(config.vote_windows, config.min_agreeing, now_s))
+            name, confidence = decide_identity(matches, config.accept_distance)
+            distance = matches[0].distance if matches else 2.0
+            if state.vote.add(name, confidence, distance, now_s):
+                log.info("identity stream=%s track=%d identity=%s confidence=%.2f", stream_id, track_id,
+                         state.vote.label[0], state.vote.label[1])
+            state.candidates = tuple(Candidate(m.name, m.distance) for m in matches)
+            state.vectors.append(np.asarray(vector, np.float32))
+            decided.add(track_id)
+            self.context.metrics.inc("decisions_total", outcome="unknown" if name == UNKNOWN else "match")
+        return decided
+
+    def _identities(self, stream_id: str, track_ids: list[int], decided: set[int]) -> Identities:
+        known = [t for t in track_ids if (stream_id, t) in self.tracks]
+        states = [self.tracks[(stream_id, t)] for t in known]
+        return Identities(
+            track_ids=np.asarray(known, np.int64),
+            names=tuple(s.vote.label[0] for s in states),
+            scores=np.asarray([s.vote.label[1] for s in states], np.float32),
+            decided=np.asarray([t in decided for t in known], np.bool_),
+            candidates=tuple(s.candidates for s in states),
+        )
+
+    def _end_tracks(self, stream_id: str, track_ids: list[int]) -> None:
+        config: MatchConfig = self.config  # type: ignore[assignment]
+        for track_id in track_ids:
+            state = self.tracks.pop((stream_id, track_id), None)
+            if state is None or not config.auto_enroll or state.vote.label[0] != UNKNOWN:
+                continue
+            if len(state.vectors) >= config.auto_enroll_min_windows and self.last_encoder is not None:
+                self._auto_enroll(stream_id, track_id, state, *self.last_encoder)
+
+    def _auto_enroll(self, stream_id: str, track_id: int, state: _TrackState, encoder: str, parts: int) -> None:
+        if self.store is None:
+            self.store = GalleryStore(self.gallery_path)
+        self.anonymous_count += 1
+        name = f"anon-{self.anonymous_count:04d}"
+        self.store.add(name, np.stack(state.vectors), encoder=encoder, parts=parts, source="auto-enrol",
+                       stream=stream_id, track_id=track_id, frames=len(state.vectors), anonymous=True)
+        log.info("auto-enrolled stream=%s track=%d as %s", stream_id, track_id, name)
+        self._reload(force=True)
+
+    # --- stage contract ------------------------------------------------------------------------------------------
+    def process(self, record: FrameRecord) -> list[DataMessage]:
+        now_s = self.context.clock()
+        if record.embeddings is not None:
+            self.last_encoder = (record.embeddings.encoder, record.embeddings.parts)
+        decided = self._decide(record.stream_id, record.embeddings, now_s)
+        track_ids = sorted(set(record.tracks.track_ids.tolist()) | decided)
+        identities = self._identities(record.stream_id, track_ids, decided)
+        self._end_tracks(record.stream_id, record.ended_track_ids.tolist())
+        self.context.metrics.set("live_tracks", len(self.tracks))
+        return [dataclasses.replace(record, identities=identities)]
+
+    def on_end_of_stream(self, eos: EndOfStream) -> list[DataMessage]:
+        if eos.embeddings is not None:
+            self.last_encoder = (eos.embeddings.encoder, eos.embeddings.parts)
+        decided = self._decide(eos.stream_id, eos.embeddings, self.context.clock())
+        ending = sorted(set(eos.ended_track_ids.tolist()) | {t for s, t in self.tracks if s == eos.stream_id})
+        identities = self._identities(eos.stream_id, ending, decided)
+        self._end_tracks(eos.stream_id, ending)
+        return [dataclasses.replace(eos, identities=identities)]
+
+    def close(self) -> None:
+        if getattr(self, "store", None) is not None:
+            self.store.close()

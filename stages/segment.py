@@ -1,0 +1,73 @@
+"""segment: turns each track's mask into an OpenGait silhouette (64×44 uint8), or says why it could not.
+
+Masks come from `engines.segment` (the detector's own masks from YOLO-seg or background subtraction, a person
+segmenter on each track's crop, or Segment Anything with box prompts); `engines.pretreat` crops, centres and
+resizes them exactly as OpenGait's pretreatment does, so the encoder sees what it was trained on. Rejections
+(tiny, truncated at the frame edge, too wide, empty) are counted per reason and travel with the frame.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+import numpy as np
+from pydantic import Field, ValidationInfo, field_validator
+
+from engines.detect import Detections
+from engines.segment import Segmenter, SegmenterSettings, open_segmenter, pretreat_track_mask
+from pipeline.config import StageConfig, resolve_config_path
+from pipeline.messages import DataMessage, FrameRecord, Rejections, Silhouettes
+from pipeline.stage import Stage
+
+
+class SegmentConfig(StageConfig):
+    """Where masks come from and which masks are good enough to become silhouettes."""
+
+    segmenter: SegmenterSettings = Field(default_factory=SegmenterSettings)
+    min_height_px: int = Field(48, ge=8, description="shortest person (mask rows, source pixels) worth using")
+    border_margin_px: int = Field(2, ge=0, description="a mask this close to a frame edge is a person cut off")
+    max_width_ratio: float = Field(1.0, gt=0, description="masks wider than tall times this are not one walker")
+
+    @field_validator("segmenter")
+    @classmethod
+    def _resolve_weight_paths(cls, value: SegmenterSettings, info: ValidationInfo) -> SegmenterSettings:
+        updates = {name: resolve_config_path(getattr(value, name), info)
+                   for name in ("humanseg_weights", "sam_weights") if getattr(value, name, None) is not None}
+        return value.model_copy(update=updates)
+
+
+class SegmentStage(Stage):
+    name = "segment"
+    Config: ClassVar[type[StageConfig]] = SegmentConfig
+
+    def open(self) -> None:
+        config: SegmentConfig = self.config  # type: ignore[assignment]
+        self.segmenter: Segmenter = open_segmenter(config.segmenter.model_copy(update={"threads": config.threads}))
+
+    def process(self, record: FrameRecord) -> list[DataMessage]:
+        config: SegmentConfig = self.config  # type: ignore[assignment]
+        tracks = record.tracks
+        detections = Detections(tracks.boxes_xyxy_px, tracks.track_ids, tracks.scores, record.label_map)
+        masks = self.segmenter.masks(record.frame.pixels, detections) if len(tracks) else []
+        frame_hw = (record.frame.height_px, record.frame.width_px)
+        kept_ids, images, rejected_ids, reasons = [], [], [], []
+        for track_id, track_mask in zip(tracks.track_ids.tolist(), masks):
+            result = None if track_mask is None else pretreat_track_mask(
+                track_mask, frame_hw, edge_tolerance_px=config.border_margin_px,
+                min_height_px=config.min_height_px, max_width_ratio=config.max_width_ratio)
+            if isinstance(result, np.ndarray):
+                kept_ids.append(track_id)
+                images.append(result)
+            else:
+                reason = "no_mask" if result is None else result.reason
+                rejected_ids.append(track_id)
+                reasons.append(reason)
+                self.context.metrics.inc("silhouettes_rejected_total", reason=reason)
+        self.context.metrics.inc("silhouettes_total", len(images))
+        silhouettes = Silhouettes(
+            np.asarray(kept_ids, np.int64),
+            np.stack(images) if images else np.zeros((0, 64, 44), np.uint8),
+        )
+        return [dataclasses.replace(record, label_map=None, silhouettes=silhouettes,
+                                    rejections=Rejections(np.asarray(rejected_ids, np.int64), tuple(reasons)))]

@@ -1,0 +1,268 @@
+"""sink: everything that leaves the pipeline: overlay window, annotated video, events, silhouette sequences.
+
+Per input stream (folder `OUT/<stream id>/`, the input's stem for files):
+- `annotated.mp4`: every frame with the overlay, at the input's frame rate;
+- `events.jsonl`: one JSON object per line, each with `type`, `stream`, `frame`, `t` (media seconds),
+  `track_id` and `bbox` ([x1, y1, x2, y2] pixels, or null): `track` per tracked person per frame, `track_end`,
+  `embedding`, `identity` (with `identity`, `score`, `candidates`), and `stream_end`;
+- with `save_silhouettes`, each track's silhouettes in OpenGait's layout `<stream>/<track>/000/000.pkl`, a
+  pickled uint8 array (T, 64, 44), so the output can feed training.
+The same events go out on a ZeroMQ PUB socket (topic = stream id) when `events_endpoint` is set.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, ClassVar
+
+import cv2
+import numpy as np
+from pydantic import Field
+
+from pipeline.config import ConfigPath, StageConfig
+from pipeline.errors import FatalError
+from pipeline.messages import DataMessage, EndOfStream, FrameRecord, Identities
+from pipeline.stage import Stage
+from pipeline.transport import EventPublisher
+from stages.overlay import draw_overlay
+
+log = logging.getLogger(__name__)
+
+
+class OutputError(FatalError):
+    """An output cannot be written (disk full, no permission, no display): the run stops with this message."""
+
+
+class SinkConfig(StageConfig):
+    """What to write and show."""
+
+    out_dir: ConfigPath | None = Field(None, description="folder for per-input outputs; none: nothing written")
+    display: bool = Field(False, description="show the overlay in a window (needs a display)")
+    write_video: bool = True
+    write_events: bool = True
+    save_silhouettes: bool = Field(False, description="write each track's silhouettes in OpenGait's pkl layout")
+    min_saved_silhouettes: int = Field(
+        15, ge=1, description="shorter tracks are not saved: too short for a gait window (usually a passing blob)"
+    )
+    events_endpoint: str | None = Field(None, description="bind a ZeroMQ PUB socket for events, e.g. tcp://127.0.0.1:5570")
+    video_fourcc: str = Field("mp4v", min_length=4, max_length=4, description="codec of annotated.mp4")
+    display_max_height_px: int = Field(900, ge=100, description="the window is scaled down to this height")
+    inset_height_px: int = Field(128, ge=16, description="height of the silhouette insets in the overlay")
+
+
+def _box(record: FrameRecord, track_id: int) -> list[float] | None:
+    rows = np.flatnonzero(record.tracks.track_ids == track_id)
+    return [round(float(v), 1) for v in record.tracks.boxes_xyxy_px[rows[0]]] if rows.size else None
+
+
+@dataclass
+class _StreamOutputs:
+    """Everything open for one stream; closed at its end of stream (or when the sink closes)."""
+
+    folder: Path | None
+    video: cv2.VideoWriter | None = None
+    events: IO[str] | None = None
+    labels: dict[int, tuple[str, float]] = field(default_factory=dict)
+    latest_silhouette: dict[int, np.ndarray] = field(default_factory=dict)
+    sequences: dict[int, list[np.ndarray]] = field(default_factory=dict)
+    last_box: dict[int, list[float]] = field(default_factory=dict)
+    frames_written: int = 0
+    end_t: float = 0.0  # media time just after the last frame seen
+    fps: float = 0.0
+    last_frame_s: float = 0.0
+
+
+class SinkStage(Stage):
+    name = "sink"
+    Config: ClassVar[type[StageConfig]] = SinkConfig
+
+    def open(self) -> None:
+        config: SinkConfig = self.config  # type: ignore[assignment]
+        self.streams: dict[str, _StreamOutputs] = {}
+        self.publisher: EventPublisher | None = None
+        if config.display and not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
+            raise OutputError("no display to show the overlay on (DISPLAY is not set); run with --no-display")
+        if config.events_endpoint:
+            self.publisher = self.context.open_publisher(config.events_endpoint)
+        if config.out_dir is not None:
+            try:
+                config.out_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise OutputError(f"cannot create output folder {config.out_dir}: {exc.strerror}") from exc
+
+    # --- per stream ----------------------------------------------------------------------------------------
+    def _outputs(self, stream_id: str) -> _StreamOutputs:
+        outputs = self.streams.get(stream_id)
+        if outputs is None:
+            config: SinkConfig = self.config  # type: ignore[assignment]
+            folder = config.out_dir / stream_id if config.out_dir is not None else None
+            outputs = self.streams[stream_id] = _StreamOutputs(folder)
+            if folder is not None:
+                self._guard(folder, lambda: folder.mkdir(parents=True, exist_ok=True))
+                if config.write_events:
+                    mode = "a" if self.context.incarnation else "w"  # a restarted sink keeps what was written
+                    outputs.events = self._guard(folder, lambda: open(folder / "events.jsonl", mode, buffering=1))
+        return outputs
+
+    def _guard(self, where: Path, action: Any) -> Any:
+        """Run an output action; a full disk or a denied write becomes one clear OutputError."""
+        try:
+            return action()
+        except OSError as exc:
+            raise OutputError(f"cannot write {where}: {exc.strerror or exc}") from exc
+
+    def _emit(self, outputs: _StreamOutputs, event: dict[str, Any]) -> None:
+        line = json.dumps(event, separators=(",", ":"))
+        if outputs.events is not None:
+            self._guard(outputs.folder / "events.jsonl", lambda: outputs.events.write(line + "\n"))
+        if self.publisher is not None:
+            self.publisher.publish(event["stream"], line.encode())
+        self.context.metrics.inc("events_total", type=event["type"])
+
+    def _event(self, kind: str, stream: str, frame: int, t: float, track_id: int | None,
+               bbox: list[float] | None, **extra: Any) -> dict[str, Any]:
+        return {"type": kind, "stream": stream, "frame": frame, "t": round(t, 4), "track_id": track_id,
+                "bbox": bbox, **extra}
+
+    # --- records ---------------------------------------------------------------------------------------------
+    def process(self, record: FrameRecord) -> list[DataMessage]:
+        config: SinkConfig = self.config  # type: ignore[assignment]
+        outputs = self._outputs(record.stream_id)
+        outputs.end_t = record.pts_s + 1.0 / record.fps
+        self._record_events(outputs, record, record.seq, record.pts_s)
+        if record.silhouettes is not None:
+            for track_id, image in zip(record.silhouettes.track_ids.tolist(), record.silhouettes.images):
+                outputs.latest_silhouette[track_id] = image
+                if config.save_silhouettes:
+                    outputs.sequences.setdefault(track_id, []).append(image.copy())
+        now = time.monotonic()
+        if outputs.last_frame_s:
+            instant = 1.0 / max(now - outputs.last_frame_s, 1e-6)
+            outputs.fps = instant if not outputs.fps else 0.9 * outputs.fps + 0.1 * instant
+        outputs.last_frame_s = now
+        if config.display or (config.write_video and outputs.folder is not None):
+            latency_ms = (time.monotonic_ns() - record.capture_ns) / 1e6
+            image = draw_overlay(record.frame.pixels, record, outputs.labels, outputs.latest_silhouette,
+                                 fps=outputs.fps, latency_ms=latency_ms, inset_height_px=config.inset_height_px)
+            if config.write_video and outputs.folder is not None:
+                self._write_frame(outputs, record, image)
+            if config.display:
+                self._show(record.stream_id, image)
+        for track_id in record.ended_track_ids.tolist():
+            self._finish_track(record.stream_id, outputs, track_id)
+        return []
+
+    def _record_events(self, outputs: _StreamOutputs, message: FrameRecord | EndOfStream, frame: int, t: float) -> None:
+        stream = message.stream_id
+        if isinstance(message, FrameRecord):
+            tracks = message.tracks
+            for box, track_id, score in zip(tracks.boxes_xyxy_px, tracks.track_ids.tolist(), tracks.scores.tolist()):
+                bbox = [round(float(v), 1) for v in box]
+                outputs.last_box[track_id] = bbox
+                self._emit(outputs, self._event("track", stream, frame, t, track_id, bbox, score=round(score, 3)))
+        if message.embeddings is not None:
+            embeddings = message.embeddings
+            for track_id, frames, final in zip(embeddings.track_ids.tolist(), embeddings.window_frames.tolist(),
+                                               embeddings.final.tolist()):
+                self._emit(outputs, self._event("embedding", stream, frame, t, track_id,
+                                                outputs.last_box.get(track_id), window_frames=frames, final=final,
+                                                encoder=embeddings.encoder))
+        if message.identities is not None:
+            self._identity_events(outputs, message.identities, stream, frame, t)
+        for track_id in message.ended_track_ids.tolist():
+            self._emit(outputs, self._event("track_end", stream, frame, t, track_id, outputs.last_box.get(track_id)))
+
+    def _identity_events(self, outputs: _StreamOutputs, identities: Identities, stream: str, frame: int,
+                         t: float) -> None:
+        for i, track_id in enumerate(identities.track_ids.tolist()):
+            name, score = identities.names[i], float(identities.scores[i])
+            outputs.labels[track_id] = (name, score)
+            if identities.decided[i]:
+                candidates = [{"name": c.name, "distance": round(c.distance, 4)} for c in identities.candidates[i]]
+                self._emit(outputs, self._event("identity", stream, frame, t, track_id,
+                                                outputs.last_box.get(track_id), identity=name,
+                                                score=round(score, 4), candidates=candidates))
+
+    def _write_frame(self, outputs: _StreamOutputs, record: FrameRecord, image: np.ndarray) -> None:
+        config: SinkConfig = self.config  # type: ignore[assignment]
+        path = outputs.folder / "annotated.mp4"
+        if outputs.video is None:
+            fourcc = cv2.VideoWriter_fourcc(*config.video_fourcc)
+            writer = cv2.VideoWriter(str(path), fourcc, record.fps, (image.shape[1], image.shape[0]))
+            if not writer.isOpened():
+                raise OutputError(f"cannot write {path}: OpenCV has no {config.video_fourcc} encoder or no space")
+            outputs.video = writer
+        outputs.video.write(image)
+        outputs.frames_written += 1
+        if outputs.frames_written % 50 == 0 and path.exists() and _disk_free_bytes(path.parent) < 16 * 2**20:
+            raise OutputError(f"cannot write {path}: the disk is full")
+
+    def _show(self, stream_id: str, image: np.ndarray) -> None:
+        config: SinkConfig = self.config  # type: ignore[assignment]
+        scale = min(1.0, config.display_max_height_px / image.shape[0])
+        shown = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else image
+        title = f"gaitstream: {stream_id}"
+        cv2.imshow(title, shown)
+        key = cv2.waitKey(1) & 0xFF
+        if key in (ord("q"), 27):
+            self.context.report("stop_requested", stream_id, "q pressed in the overlay window")
+
+    def _finish_track(self, stream_id: str, outputs: _StreamOutputs, track_id: int) -> None:
+        sequence = outputs.sequences.pop(track_id, None)
+        outputs.latest_silhouette.pop(track_id, None)
+        outputs.labels.pop(track_id, None)
+        if sequence and len(sequence) < self.config.min_saved_silhouettes:  # type: ignore[attr-defined]
+            log.info("not saving short track stream=%s track=%d silhouettes=%d", stream_id, track_id, len(sequence))
+            self.context.metrics.inc("short_tracks_not_saved_total")
+            return
+        if sequence and outputs.folder is not None:
+            folder = outputs.folder / f"{track_id:04d}" / "000"
+
+            def write() -> None:
+                folder.mkdir(parents=True, exist_ok=True)
+                with open(folder / "000.pkl", "wb") as file:
+                    pickle.dump(np.stack(sequence).astype(np.uint8), file)
+
+            self._guard(folder, write)
+            log.info("saved %d silhouettes stream=%s track=%d", len(sequence), stream_id, track_id)
+
+    # --- end of stream ---------------------------------------------------------------------------------------
+    def on_end_of_stream(self, eos: EndOfStream) -> list[DataMessage]:
+        outputs = self._outputs(eos.stream_id)
+        t = outputs.end_t
+        self._record_events(outputs, eos, eos.frames, t)
+        for track_id in [*eos.ended_track_ids.tolist(), *list(outputs.sequences)]:
+            self._finish_track(eos.stream_id, outputs, track_id)
+        self._emit(outputs, self._event("stream_end", eos.stream_id, eos.frames, t, None, None,
+                                        reason=eos.reason, detail=eos.detail))
+        self._close_stream(eos.stream_id)
+        return [eos]
+
+    def _close_stream(self, stream_id: str) -> None:
+        outputs = self.streams.pop(stream_id, None)
+        if outputs is None:
+            return
+        if outputs.video is not None:
+            outputs.video.release()
+        if outputs.events is not None:
+            outputs.events.close()
+        if self.config.display:  # type: ignore[attr-defined]
+            try:
+                cv2.destroyWindow(f"gaitstream: {stream_id}")
+            except cv2.error:
+                pass
+
+    def close(self) -> None:
+        for stream_id in list(getattr(self, "streams", {})):
+            self._close_stream(stream_id)
+
+
+def _disk_free_bytes(folder: Path) -> int:
+    stats = os.statvfs(folder)
+    return stats.f_bavail * stats.f_frsize

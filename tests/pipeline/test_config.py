@@ -1,0 +1,49 @@
+"""Config files: validation errors name file and key; `extends` merges section by section; the shipped configs load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import ConfigError, build_config_model, load_config
+from stages import DEFAULT_GRAPH, stage_registry
+from tests.conftest import REPO_ROOT
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build_config_model({name: cls.Config for name, cls in stage_registry().items()}, DEFAULT_GRAPH)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO_ROOT / "configs" / "pipeline").glob("*.yaml")))
+def test_shipped_configs_validate(model, name: str):
+    config = load_config(model, REPO_ROOT / "configs" / "pipeline" / name)
+    assert config.graph == list(DEFAULT_GRAPH)
+
+
+def test_extends_merges_sections_and_replaces_lists(model, tmp_path: Path):
+    (tmp_path / "base.yaml").write_text("stages:\n  gait:\n    window_frames: 40\n    stride_frames: 10\n")
+    (tmp_path / "top.yaml").write_text("extends: base.yaml\nstages:\n  gait:\n    stride_frames: 20\n"
+                                       "streams:\n  - uri: rtsp://cam/1\n    id: door\n")
+    config = load_config(model, tmp_path / "top.yaml")
+    assert (config.stages.gait.window_frames, config.stages.gait.stride_frames) == (40, 20)
+    assert [s.id for s in config.streams] == ["door"]
+
+
+def test_extends_loop_and_foreign_folder_are_errors(model, tmp_path: Path):
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ConfigError, match="loop"):
+        load_config(model, tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("extends: ../elsewhere.yaml\n")
+    with pytest.raises(ConfigError, match="same folder"):
+        load_config(model, tmp_path / "c.yaml")
+
+
+def test_errors_name_the_file_and_the_key(model, tmp_path: Path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("stages:\n  match:\n    vote_windows: zero\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(model, path)
+    assert str(path) in str(error.value) and "stages.match.vote_windows" in str(error.value)
