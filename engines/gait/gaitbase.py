@@ -1,0 +1,127 @@
+"""GaitBase: OpenGait's strong baseline (Fan et al., "OpenGait", CVPR 2023), built from `modules.py`.
+
+Silhouettes `[n, s, 64, 44]` float in [0, 1] -> ResNet9 on every frame (`SetBlockWrapper`) -> temporal max pooling
+-> horizontal pyramid pooling (16 strips) -> separate FCs (the embeddings) -> separate BNNecks (the logits).
+As in OpenGait's `Baseline`, the triplet loss and the gallery use the separate-FC output; the cross-entropy loss
+uses the BNNeck logits. `backbone_features` and `head` are separate so Mesh-Gait can reuse the 2D branch.
+
+Must not import `pipeline` or `stages`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
+
+from engines.gait.modules import (
+    HorizontalPyramidPooling,
+    ResNet9,
+    SeparateBNNecks,
+    SeparateFCs,
+    SetBlockWrapper,
+    TemporalMaxPooling,
+)
+
+
+class GaitBaseArchitecture(BaseModel):
+    """Widths and depths of GaitBase; the defaults are OpenGait's full-width CASIA-B model (about 6.8 M params)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    channels: tuple[int, int, int, int] = Field((64, 128, 256, 512), description="ResNet9 stage widths")
+    layers: tuple[int, int, int, int] = Field((1, 1, 1, 1), description="BasicBlocks per stage")
+    strides: tuple[int, int, int, int] = Field((1, 2, 2, 1), description="first-block stride per stage")
+    bin_num: tuple[int, ...] = Field((16,), description="horizontal pyramid strip counts; parts = sum")
+    part_dim: int = Field(256, gt=0, description="embedding channels per part (SeparateFCs output)")
+
+    @model_validator(mode="after")
+    def _check_shapes(self) -> GaitBaseArchitecture:
+        if any(c <= 0 for c in self.channels) or any(n <= 0 for n in self.layers):
+            raise ValueError("channels and layers must be > 0")
+        height = 64
+        for stride in self.strides:
+            height = -(-height // stride)
+        for bins in self.bin_num:
+            if bins <= 0 or height % bins:
+                raise ValueError(f"feature map height {height} is not divisible by bin_num {bins}")
+        return self
+
+    @property
+    def parts(self) -> int:
+        return sum(self.bin_num)
+
+
+class GaitBaseConfig(GaitBaseArchitecture):
+    """A GaitBase architecture plus its classifier width, which training derives from the training split."""
+
+    num_classes: int = Field(74, gt=0, description="training identities (BNNeck classifier width)")
+
+
+@dataclass
+class EncoderOutput:
+    """What a gait network returns.
+
+    `embeddings` (N, P, C) float: the identity features the gallery compares (OpenGait: per-part Euclidean distance
+    averaged over parts). `logits` (N, P, num_classes) cosine logits in [-1, 1] for the cross-entropy loss, None
+    when the network has no classifier. The 3D fields are Mesh-Gait's and stay None for GaitBase.
+    """
+
+    embeddings: torch.Tensor
+    logits: torch.Tensor | None = None
+    heatmaps_3d: torch.Tensor | None = None
+    joints_3d: torch.Tensor | None = None
+
+
+class GaitBase(nn.Module):
+    """OpenGait's GaitBase; `forward((N, T, 64, 44) float in [0, 1]) -> EncoderOutput`."""
+
+    def __init__(self, config: GaitBaseConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone = SetBlockWrapper(ResNet9(config.channels, config.layers, config.strides))
+        self.temporal_pooling = TemporalMaxPooling()
+        self.horizontal_pooling = HorizontalPyramidPooling(config.bin_num)
+        self.separate_fcs = SeparateFCs(config.parts, config.channels[-1], config.part_dim)
+        self.bn_necks = SeparateBNNecks(config.parts, config.part_dim, config.num_classes)
+        self._init_parameters()
+
+    def _init_parameters(self) -> None:
+        """OpenGait's `BaseModel.init_parameters`: Xavier-uniform convs, BN weights around 1."""
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.xavier_uniform_(module.weight)
+            elif isinstance(module, (nn.BatchNorm2d, nn.BatchNorm1d)):
+                nn.init.normal_(module.weight, 1.0, 0.02)
+                nn.init.constant_(module.bias, 0.0)
+
+    def backbone_features(self, silhouettes: torch.Tensor) -> torch.Tensor:
+        """(N, T, 64, 44) float in [0, 1] -> frame feature maps `[n, c, s, h, w]` (c = channels[-1], h=16, w=11)."""
+        return self.backbone(silhouettes.unsqueeze(1))
+
+    def head(self, features: torch.Tensor) -> EncoderOutput:
+        """Frame feature maps `[n, c, s, h, w]` -> embeddings `[n, p, part_dim]` and BNNeck logits."""
+        parts = self.horizontal_pooling(self.temporal_pooling(features))
+        embeddings = self.separate_fcs(parts)
+        _, logits = self.bn_necks(embeddings)
+        return EncoderOutput(embeddings=embeddings, logits=logits)
+
+    def forward(self, silhouettes: torch.Tensor) -> EncoderOutput:
+        return self.head(self.backbone_features(silhouettes))
+
+
+class EmbeddingOnly(nn.Module):
+    """Export wrapper: uint8-range input in, only the embeddings out, so nothing else enters the ONNX graph.
+
+    `(N, T, 64, 44) float32 in [0, 255] -> (N, P, C) float32`. The /255 lives here so every backend gets the same
+    raw input and normalises identically.
+    """
+
+    def __init__(self, model: GaitBase) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, silhouettes: torch.Tensor) -> torch.Tensor:
+        return self.model(silhouettes / 255.0).embeddings

@@ -1,0 +1,118 @@
+"""Reading and writing GaitBase weights: small fp16 release files and full training checkpoints.
+
+A weights file is a `torch.save`d dict `{"format": "gaitstream-weights", "version": 1, "model": "gaitbase",
+"config": {...}, "metadata": {...}, "state_dict": {name: fp16 tensor}}`; a training checkpoint (`engines/train.py`)
+holds the float32 `model` state plus optimiser state. Both load with `torch.load(weights_only=True)`, which never
+runs code from the file, and `load_gaitbase` accepts either.
+
+Must not import `pipeline` or `stages`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import ValidationError
+
+from engines.errors import CheckpointError, WeightsNotFound
+from engines.gait.gaitbase import GaitBase, GaitBaseConfig
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_FORMAT = "gaitstream-weights"
+CHECKPOINT_FORMAT = "gaitstream-train-checkpoint"
+HOW_TO_GET = (
+    "train one with `python tools/train.py --config configs/train/gaitbase_compact_casiab.yaml` and write it with "
+    "`python tools/train.py --config ... --export-weights OUT.pt`"
+)
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes; its first 8 characters name the encoder so galleries never mix weights."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_torch_file(path: Path) -> dict[str, Any]:
+    """`torch.load(weights_only=True)` with missing/corrupt files turned into `WeightsNotFound`/`CheckpointError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsNotFound(f"{path}: no such file (looked at {path.resolve()}); {HOW_TO_GET}")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: not a readable torch file ({reason})") from exc
+    if not isinstance(data, dict) or data.get("format") not in (WEIGHTS_FORMAT, CHECKPOINT_FORMAT):
+        raise CheckpointError(
+            f"{path}: not a gaitstream weights file or training checkpoint (no 'format' of {WEIGHTS_FORMAT!r} "
+            f"or {CHECKPOINT_FORMAT!r})"
+        )
+    return data
+
+
+def atomic_torch_save(obj: dict[str, Any], path: Path) -> None:
+    """Write to a temporary file and rename, so a crash mid-write never leaves a truncated file under `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def save_weights(model: GaitBase, path: Path, *, name: str, metadata: dict[str, Any]) -> None:
+    """Write a release weights file: fp16 state dict (BN statistics too) + config + JSON-safe metadata."""
+    json.dumps(metadata)  # fail here, not in a reader, if the metadata is not JSON
+    state = {key: (value.half() if value.is_floating_point() else value).cpu()
+             for key, value in model.state_dict().items()}
+    atomic_torch_save(
+        {
+            "format": WEIGHTS_FORMAT,
+            "version": 1,
+            "model": "gaitbase",
+            "name": name,
+            "config": model.config.model_dump(mode="json"),
+            "metadata": metadata,
+            "state_dict": state,
+        },
+        path,
+    )
+    log.info("wrote weights path=%s bytes=%d", path, Path(path).stat().st_size)
+
+
+def load_gaitbase(path: Path) -> tuple[GaitBase, dict[str, Any]]:
+    """A float32 GaitBase in eval mode from a weights file or a training checkpoint, plus the file's info dict.
+
+    The info dict has `name` (e.g. "gaitbase-compact-casiab@3f2a9c1d"), `config`, `metadata`, `sha256`.
+    """
+    path = Path(path)
+    data = read_torch_file(path)
+    try:
+        config = GaitBaseConfig.model_validate(data["config"] if "config" in data else data["model_config"])
+        state = data["state_dict"] if data["format"] == WEIGHTS_FORMAT else data["model"]
+        model = GaitBase(config)
+        model.load_state_dict({key: value.float() if value.is_floating_point() else value
+                               for key, value in state.items()})
+    except (KeyError, ValidationError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: does not hold a GaitBase model ({type(exc).__name__}: {exc})") from exc
+    model.eval()
+    sha = file_sha256(path)
+    base_name = data.get("name") or data.get("run_name") or path.stem
+    info = {
+        "name": f"{base_name}@{sha[:8]}",
+        "config": config.model_dump(mode="json"),
+        "metadata": data.get("metadata", {"step": data.get("step")}),
+        "sha256": sha,
+    }
+    return model, info

@@ -1,0 +1,387 @@
+"""Training GaitBase on silhouette sequences: config, batches, losses, checkpoints with bit-exact resume.
+
+A run is a function of its YAML config: P x K batches of fixed-length random frame sets (OpenGait's
+`TripletSampler` + "fixed_unordered"), triplet + cross-entropy losses, SGD or AdamW with linear warm-up and cosine
+or multi-step decay. Each step's randomness (batch, frames, augmentations) comes from a generator seeded with
+`(seed, step)`, and checkpoints hold model, optimiser, scheduler, grad-scaler and torch RNG states, so
+"N steps" and "N/2 steps, resume, N/2 steps" produce the same losses.
+
+Outputs under the run folder: `checkpoints/step_XXXXXXX.pt`, `losses.jsonl` (one JSON object per step: step,
+losses, lr, seconds/step) and `weights.pt` (fp16 release weights) at the end.
+
+Must not import `pipeline` or `stages`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from tqdm import tqdm
+
+from engines.data.augment import AugmentConfig, augment_sequence
+from engines.data.sampling import PKBatchSampler, fixed_frame_indices
+from engines.data.sequences import open_dataset
+from engines.errors import CheckpointError, ConfigFileError, EngineError
+from engines.gait.gaitbase import GaitBase, GaitBaseArchitecture, GaitBaseConfig
+from engines.gait.losses import cross_entropy_loss, triplet_loss
+from engines.gait.weights import CHECKPOINT_FORMAT, atomic_torch_save, read_torch_file, save_weights
+
+log = logging.getLogger(__name__)
+
+_CHECKPOINT_NAME = re.compile(r"^step_(\d{7})\.pt$")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataSection(_Section):
+    root: Path = Field(description="CASIA-B npz folder or OpenGait pkl tree; relative to the config file")
+    first_subject: int = Field(1, ge=1, description="first training subject id (CASIA-B: 001)")
+    last_subject: int = Field(74, ge=1, description="last training subject id (CASIA-B: 074)")
+    frames: int = Field(30, gt=0, description="frames drawn per training sequence (OpenGait frames_num_fixed)")
+    p: int = Field(8, ge=2, description="identities per batch")
+    k: int = Field(8, ge=2, description="sequences per identity per batch")
+    augment: AugmentConfig = AugmentConfig()
+
+
+class OptimSection(_Section):
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.1, gt=0, description="peak learning rate, reached at the end of the warm-up")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
+    weight_decay: float = Field(5e-4, ge=0)
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up from lr/100 to lr")
+    schedule: Literal["cosine", "multistep"] = "cosine"
+    milestones: tuple[int, ...] = Field((), description="multistep: steps where the lr is multiplied by gamma")
+    gamma: float = Field(0.1, gt=0, le=1)
+    total_steps: int = Field(gt=0, description="planned length of the run; the schedule ends here")
+
+
+class LossSection(_Section):
+    triplet_margin: float = Field(0.2, ge=0)
+    triplet_weight: float = Field(1.0, ge=0)
+    ce_weight: float = Field(1.0, ge=0)
+    ce_scale: float = Field(16.0, gt=0, description="multiplier of the BNNeck cosine logits")
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+
+
+class RuntimeSection(_Section):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    cpu_bf16: bool = Field(False, description="bfloat16 autocast on CPU (CUDA always uses fp16 autocast)")
+    channels_last: bool = Field(False, description="NHWC memory format for the convolutions")
+    threads: int = Field(2, gt=0, description="torch intra-op threads")
+    seed: int = 0
+    checkpoint_every_steps: int = Field(250, gt=0)
+    keep_checkpoints: int = Field(3, gt=0, description="newest checkpoints kept; older ones are deleted")
+
+
+class TrainConfig(_Section):
+    name: str = Field(description="run and model name, e.g. gaitbase-compact-casiab")
+    run_dir: Path = Field(description="outputs folder; relative to the config file")
+    model: GaitBaseArchitecture
+    data: DataSection
+    optim: OptimSection
+    loss: LossSection = LossSection()
+    runtime: RuntimeSection = RuntimeSection()
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.data.last_subject < self.data.first_subject:
+            raise ValueError("data.last_subject must be >= data.first_subject")
+        if self.optim.schedule == "multistep" and not self.optim.milestones:
+            raise ValueError("optim.milestones must be given when optim.schedule is multistep")
+        return self
+
+
+def load_train_config(path: Path) -> TrainConfig:
+    """Parse and validate a training YAML; relative paths resolve against the file's folder.
+
+    Raises `ConfigFileError` naming the file, the key path and the rule, e.g.
+    `configs/train/x.yaml: optim.lr: Input should be greater than 0 (got -1)`.
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigFileError(f"{path}: cannot read YAML ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise ConfigFileError(f"{path}: expected a mapping at the top level")
+    try:
+        config = TrainConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+            message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
+            problems.append(f"{key}: {message} (got {error.get('input')!r})")
+        raise ConfigFileError(f"{path}: " + "; ".join(problems)) from exc
+    base = path.resolve().parent
+    return config.model_copy(update={
+        "run_dir": base / config.run_dir,
+        "data": config.data.model_copy(update={"root": base / config.data.root}),
+    })
+
+
+def resolve_device(device: str) -> torch.device:
+    """"auto" -> CUDA when available, else CPU; "cuda" without CUDA is an error, never a silent CPU run."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise EngineError("device 'cuda' requested but torch.cuda.is_available() is False; use device: cpu or auto")
+    return torch.device(device)
+
+
+def lr_factor(step: int, optim: OptimSection) -> float:
+    """Multiplier of the peak lr at `step` (0-based): linear warm-up, then cosine to 0 or multi-step decay."""
+    if step < optim.warmup_steps:
+        return 0.01 + 0.99 * step / optim.warmup_steps
+    if optim.schedule == "multistep":
+        return optim.gamma ** sum(step >= m for m in optim.milestones)
+    span = max(1, optim.total_steps - optim.warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - optim.warmup_steps) / span)))
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Where a run left off."""
+
+    run_dir: Path
+    step: int
+    last_checkpoint: Path | None
+    weights: Path | None
+
+
+def checkpoint_path(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / "checkpoints" / f"step_{step:07d}.pt"
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint with the highest step in `run_dir/checkpoints`, or None when there is none."""
+    folder = Path(run_dir) / "checkpoints"
+    found = sorted(p for p in folder.glob("step_*.pt") if _CHECKPOINT_NAME.match(p.name)) if folder.is_dir() else []
+    return found[-1] if found else None
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A training checkpoint's dict; `CheckpointError` with path and reason when it is corrupt or not one."""
+    data = read_torch_file(path)
+    missing = {"step", "model", "optimizer", "scheduler", "torch_rng", "model_config"} - set(data)
+    if data.get("format") != CHECKPOINT_FORMAT or missing:
+        raise CheckpointError(f"{path}: not a training checkpoint (missing {sorted(missing) or ['format']})")
+    return data
+
+
+class Trainer:
+    """Owns the model, optimiser and data of one run; `run()` trains from the current step to a stop step."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
+        runtime = config.runtime
+        torch.set_num_threads(runtime.threads)
+        self.device = resolve_device(runtime.device)
+        subjects = [f"{i:03d}" for i in range(config.data.first_subject, config.data.last_subject + 1)]
+        self.dataset = open_dataset(config.data.root, subjects)
+        subject_ids = sorted({key.subject for key in self.dataset.keys})
+        label_of = {subject: label for label, subject in enumerate(subject_ids)}
+        self.labels = np.asarray([label_of[key.subject] for key in self.dataset.keys], dtype=np.int64)
+        self.sampler = PKBatchSampler(self.labels, config.data.p, config.data.k)
+        torch.manual_seed(runtime.seed)
+        self.model_config = GaitBaseConfig(**config.model.model_dump(), num_classes=len(subject_ids))
+        self.model = GaitBase(self.model_config).to(self.device)
+        self.memory_format = torch.channels_last if runtime.channels_last else torch.contiguous_format
+        self.model = self.model.to(memory_format=self.memory_format)
+        optim = config.optim
+        if optim.name == "sgd":
+            self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
+                self.model.parameters(), lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay
+            )
+        else:
+            self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: lr_factor(step, optim))
+        self.use_cuda_amp = self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_cuda_amp)
+        self.step = 0
+        log.info("training name=%s device=%s sequences=%d identities=%d params=%d",
+                 config.name, self.device, len(self.labels), len(subject_ids),
+                 sum(p.numel() for p in self.model.parameters()))
+
+    def resume(self, path: Path) -> None:
+        """Restore every state saved by `save_checkpoint`; the next step is the checkpoint's step."""
+        data = load_checkpoint(path)
+        if data["model_config"] != self.model_config.model_dump(mode="json"):
+            raise CheckpointError(f"{path}: model config differs from the run's config; use a fresh run_dir")
+        try:
+            self.model.load_state_dict(data["model"])
+            self.optimizer.load_state_dict(data["optimizer"])
+            self.scheduler.load_state_dict(data["scheduler"])
+            self.scaler.load_state_dict(data["scaler"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise CheckpointError(f"{path}: state does not fit this run ({exc})") from exc
+        torch.set_rng_state(data["torch_rng"])
+        if self.device.type == "cuda" and data.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(data["cuda_rng"])
+        self.step = int(data["step"])
+        log.info("resumed checkpoint=%s step=%d", path, self.step)
+
+    def save_checkpoint(self) -> Path:
+        path = checkpoint_path(self.config.run_dir, self.step)
+        atomic_torch_save(
+            {
+                "format": CHECKPOINT_FORMAT,
+                "run_name": self.config.name,
+                "step": self.step,
+                "model_config": self.model_config.model_dump(mode="json"),
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state() if self.device.type == "cuda" else None,
+            },
+            path,
+        )
+        kept = sorted((path.parent).glob("step_*.pt"))
+        for old in kept[: -self.config.runtime.keep_checkpoints]:
+            old.unlink()
+        return path
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step `step`'s batch: silhouettes (P*K, frames, 64, 44) float in [0, 1] and labels (P*K,) int64."""
+        rng = np.random.default_rng([self.config.runtime.seed, step])
+        indices = self.sampler.sample(rng)
+        sequences = []
+        for index in indices:
+            frame_idx = fixed_frame_indices(self.dataset.num_frames(int(index)), self.config.data.frames, rng)
+            frames = self.dataset.frames_at(int(index), frame_idx)
+            sequences.append(augment_sequence(frames, self.config.data.augment, rng))
+        silhouettes = torch.from_numpy(np.stack(sequences)).to(self.device).float().div_(255.0)
+        return silhouettes, torch.from_numpy(self.labels[indices]).to(self.device)
+
+    def train_step(self) -> dict[str, float]:
+        """One optimisation step; returns the logged numbers."""
+        started = time.perf_counter()
+        silhouettes, labels = self.batch(self.step)
+        self.model.train()
+        loss_cfg = self.config.loss
+        amp_dtype = torch.float16 if self.use_cuda_amp else torch.bfloat16
+        amp_enabled = self.use_cuda_amp or (self.device.type == "cpu" and self.config.runtime.cpu_bf16)
+        with torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp_enabled):
+            output = self.model(silhouettes)
+        if output.logits is None:
+            raise EngineError("the model returned no logits; training needs the BNNeck classifier")
+        triplet = triplet_loss(output.embeddings, labels, loss_cfg.triplet_margin)
+        ce = cross_entropy_loss(output.logits, labels, loss_cfg.ce_scale, loss_cfg.label_smoothing)
+        loss = loss_cfg.triplet_weight * triplet.loss + loss_cfg.ce_weight * ce
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.step += 1
+        accuracy = (output.logits.detach().float().mean(1).argmax(-1) == labels).float().mean()
+        return {
+            "step": self.step,
+            "loss": float(loss.detach()),
+            "triplet": float(triplet.loss.detach()),
+            "triplet_active": triplet.active_fraction,
+            "mean_distance": triplet.mean_distance,
+            "ce": float(ce.detach()),
+            "ce_accuracy": float(accuracy),
+            "lr": lr,
+            "seconds_per_step": time.perf_counter() - started,
+        }
+
+    def run(self, stop_step: int | None = None, progress: bool = True) -> TrainResult:
+        """Train up to `stop_step` (default: optim.total_steps), checkpointing every N steps and at the stop."""
+        total = self.config.optim.total_steps
+        stop = total if stop_step is None else min(stop_step, total)
+        run_dir = Path(self.config.run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        log_path = run_dir / "losses.jsonl"
+        _truncate_log(log_path, self.step)
+        last_checkpoint = None
+        every = self.config.runtime.checkpoint_every_steps
+        with log_path.open("a") as log_file, tqdm(
+            total=stop, initial=self.step, disable=not progress, unit="step", dynamic_ncols=True
+        ) as bar:
+            while self.step < stop:
+                record = self.train_step()
+                log_file.write(json.dumps(record) + "\n")
+                log_file.flush()
+                bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['ce_accuracy']:.2f}",
+                                s_step=f"{record['seconds_per_step']:.1f}")
+                bar.update(1)
+                if self.step % every == 0 or self.step == stop:
+                    last_checkpoint = self.save_checkpoint()
+        weights = None
+        if self.step >= total:
+            weights = run_dir / "weights.pt"
+            save_weights(self.model, weights, name=self.config.name, metadata=self.metadata())
+        return TrainResult(run_dir=run_dir, step=self.step, last_checkpoint=last_checkpoint, weights=weights)
+
+    def metadata(self) -> dict[str, Any]:
+        """What a weights file records about how it was trained (JSON-safe)."""
+        return {
+            "step": self.step,
+            "train_config": json.loads(self.config.model_dump_json()),
+            "dataset": "CASIA-B (research use only; models trained on it inherit that restriction)",
+            "torch": torch.__version__,
+        }
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log lines past `step` (written after the checkpoint a resumed run restarts from)."""
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = [line for line in lines if json.loads(line)["step"] <= step]
+    if len(kept) != len(lines):
+        path.write_text("".join(line + "\n" for line in kept))
+
+
+def train(config: TrainConfig, *, resume: bool = False, stop_step: int | None = None,
+          progress: bool = True) -> TrainResult:
+    """Train (or continue, with `resume`, from the newest checkpoint in the run folder) up to `stop_step`."""
+    trainer = Trainer(config)
+    if resume:
+        latest = latest_checkpoint(config.run_dir)
+        if latest is None:
+            log.info("no checkpoint in %s; starting from step 0", Path(config.run_dir) / "checkpoints")
+        else:
+            trainer.resume(latest)
+    elif latest_checkpoint(config.run_dir) is not None:
+        raise EngineError(
+            f"{config.run_dir}: already holds checkpoints; pass --resume to continue or choose another run_dir"
+        )
+    return trainer.run(stop_step, progress=progress)
+
+
+def export_weights(config: TrainConfig, checkpoint: Path | None, out: Path) -> Path:
+    """Write release weights (fp16 + metadata) from a checkpoint (default: the run's newest) to `out`."""
+    source = checkpoint or latest_checkpoint(config.run_dir)
+    if source is None:
+        raise CheckpointError(f"{Path(config.run_dir) / 'checkpoints'}: no checkpoint to export weights from")
+    data = load_checkpoint(source)
+    model = GaitBase(GaitBaseConfig.model_validate(data["model_config"]))
+    model.load_state_dict(data["model"])
+    metadata = {
+        "step": int(data["step"]),
+        "checkpoint": Path(source).name,
+        "train_config": json.loads(config.model_dump_json()),
+        "dataset": "CASIA-B (research use only; models trained on it inherit that restriction)",
+        "torch": torch.__version__,
+    }
+    save_weights(model, out, name=config.name, metadata=metadata)
+    return Path(out)
