@@ -337,7 +337,7 @@ class Trainer:
             "step": self.step,
             "train_config": json.loads(self.config.model_dump_json()),
             "dataset": "CASIA-B (research use only; models trained on it inherit that restriction)",
-            "torch": torch.__version__,
+            "torch": str(torch.__version__),
         }
 
 
@@ -381,7 +381,7 @@ def export_weights(config: TrainConfig, checkpoint: Path | None, out: Path) -> P
         "checkpoint": Path(source).name,
         "train_config": json.loads(config.model_dump_json()),
         "dataset": "CASIA-B (research use only; models trained on it inherit that restriction)",
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),
     }
     save_weights(model, out, name=config.name, metadata=metadata)
     return Path(out)

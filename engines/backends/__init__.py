@@ -1,1 +1,76 @@
-"""gaitstream engines/backends."""
+"""Inference backends for the gait encoder: torch, ONNX Runtime and TensorRT behind one `run` call.
+
+Every backend takes the export wrapper's input, `(N, T, 64, 44) float32` silhouettes in [0, 255], and returns
+`(N, P, C) float32` part embeddings; `engines/gait/encoder.py` picks one and hides which. Heavy packages (torch,
+onnxruntime, tensorrt, pycuda) are imported only by the backend module that needs them, so a process running the
+ONNX Runtime backend never loads torch.
+
+Each artefact carries the identity of the weights it came from (`EncoderInfo.name`, "model@sha8" of the source
+.pt), so an ONNX model or TensorRT engine built from some weights produces embeddings a gallery accepts as the
+same encoder's. Must not import `pipeline` or `stages`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
+INPUT_NAME = "silhouettes"
+OUTPUT_NAME = "embeddings"
+#: ONNX `metadata_props` keys (and the TensorRT engine's sidecar JSON keys) that record where an artefact came from.
+META_NAME = "gaitstream.encoder_name"
+META_PARTS = "gaitstream.parts"
+META_PART_DIM = "gaitstream.part_dim"
+META_SOURCE_SHA256 = "gaitstream.source_sha256"
+
+
+@dataclass(frozen=True)
+class EncoderInfo:
+    """What a gallery needs to know about an encoder: its identity and embedding layout (P parts of C channels)."""
+
+    name: str
+    parts: int
+    part_dim: int
+    source_sha256: str | None = None
+
+    def to_metadata(self) -> dict[str, str]:
+        """String key/values for ONNX `metadata_props` and the engine sidecar."""
+        meta = {META_NAME: self.name, META_PARTS: str(self.parts), META_PART_DIM: str(self.part_dim)}
+        if self.source_sha256:
+            meta[META_SOURCE_SHA256] = self.source_sha256
+        return meta
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, str]) -> EncoderInfo | None:
+        """The info recorded by `to_metadata`, or None when the artefact was not written by gaitstream."""
+        try:
+            return cls(name=meta[META_NAME], parts=int(meta[META_PARTS]), part_dim=int(meta[META_PART_DIM]),
+                       source_sha256=meta.get(META_SOURCE_SHA256))
+        except (KeyError, ValueError):
+            return None
+
+
+class InferenceBackend(Protocol):
+    """One loaded network on one device."""
+
+    name: str  # "torch" | "onnxruntime" | "tensorrt"
+    device: str  # what it actually runs on, e.g. "cpu", "cuda:0"
+
+    def run(self, silhouettes: NDArray[np.float32]) -> NDArray[np.float32]:
+        """(N, T, 64, 44) float32 in [0, 255] -> (N, P, C) float32."""
+        ...
+
+
+def artefact_sha256(path: Path) -> str:
+    """Hex sha256 of a file; its first 8 characters name an encoder, so galleries never mix weights."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -10,7 +10,6 @@ Must not import `pipeline` or `stages`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -22,6 +21,7 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
+from engines.backends import artefact_sha256
 from engines.errors import CheckpointError, WeightsNotFound
 from engines.gait.gaitbase import GaitBase, GaitBaseConfig
 
@@ -33,15 +33,6 @@ HOW_TO_GET = (
     "train one with `python tools/train.py --config configs/train/gaitbase_compact_casiab.yaml` and write it with "
     "`python tools/train.py --config ... --export-weights OUT.pt`"
 )
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file's bytes; its first 8 characters name the encoder so galleries never mix weights."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_torch_file(path: Path) -> dict[str, Any]:
@@ -107,7 +98,7 @@ def load_gaitbase(path: Path) -> tuple[GaitBase, dict[str, Any]]:
     except (KeyError, ValidationError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: does not hold a GaitBase model ({type(exc).__name__}: {exc})") from exc
     model.eval()
-    sha = file_sha256(path)
+    sha = artefact_sha256(path)
     base_name = data.get("name") or data.get("run_name") or path.stem
     info = {
         "name": f"{base_name}@{sha[:8]}",

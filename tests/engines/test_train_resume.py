@@ -1,0 +1,101 @@
+"""Training on a handful of real CASIA-B subjects with a tiny network: resume is bit-exact, and broken
+checkpoints or dataset paths fail with errors that name the file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from engines.errors import CheckpointError, DatasetError
+from engines.gait.gaitbase import GaitBase, GaitBaseConfig
+from engines.gait.weights import load_gaitbase, save_weights
+from engines.train import (
+    OptimSection,
+    TrainConfig,
+    Trainer,
+    latest_checkpoint,
+    load_checkpoint,
+    load_train_config,
+    train,
+)
+
+
+def tiny_config(folder: Path, dataset: Path) -> TrainConfig:
+    raw = {
+        "name": "gaitbase-tiny-test",
+        "run_dir": "run",
+        "model": {"channels": [4, 8, 8, 16], "part_dim": 8},
+        "data": {"root": str(dataset), "first_subject": 1, "last_subject": 4, "frames": 4, "p": 2, "k": 2,
+                 "augment": {"rotate_prob": 0.5, "erasing_prob": 0.5}},
+        "optim": {"lr": 0.05, "warmup_steps": 1, "total_steps": 4},
+        "runtime": {"device": "cpu", "threads": 1, "seed": 3, "checkpoint_every_steps": 2, "keep_checkpoints": 4},
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "tiny.yaml").write_text(yaml.safe_dump(raw))
+    return load_train_config(folder / "tiny.yaml")
+
+
+def losses(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "losses.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def dataset(casia_b: Path) -> Path:
+    return casia_b / "sils-64x64-bin"
+
+
+def test_two_steps_resume_two_steps_equals_four_steps(tmp_path: Path, dataset: Path) -> None:
+    straight = tiny_config(tmp_path / "straight", dataset)
+    train(straight, progress=False)
+    resumed = tiny_config(tmp_path / "resumed", dataset)
+    first = train(resumed, stop_step=2, progress=False)
+    assert first.step == 2 and first.weights is None
+    second = train(resumed, resume=True, progress=False)
+    assert second.step == 4 and second.weights is not None
+
+    keys = ("step", "loss", "triplet", "ce", "lr")
+    expected = [{k: r[k] for k in keys} for r in losses(straight.run_dir)]
+    assert [{k: r[k] for k in keys} for r in losses(resumed.run_dir)] == expected
+    assert len(expected) == 4
+    a = load_checkpoint(latest_checkpoint(straight.run_dir))["model"]
+    b = load_checkpoint(latest_checkpoint(resumed.run_dir))["model"]
+    assert all(torch.equal(a[name], b[name]) for name in a)
+    model, info = load_gaitbase(latest_checkpoint(resumed.run_dir))
+    assert info["name"].startswith("gaitbase-tiny-test@") and model.config.parts == 16
+
+
+def test_weights_written_at_the_end_of_training_load(tmp_path: Path, dataset: Path) -> None:
+    """The release weights must load with `weights_only=True` (their metadata must hold plain types only)."""
+    config = tiny_config(tmp_path, dataset).model_copy(update={"optim": OptimSection(lr=0.05, total_steps=1)})
+    result = train(config, progress=False)
+    model, info = load_gaitbase(result.weights)
+    assert info["name"].startswith("gaitbase-tiny-test@") and model.config.parts == 16
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path: Path, dataset: Path) -> None:
+    config = tiny_config(tmp_path, dataset)
+    train(config, stop_step=2, progress=False)
+    checkpoint = latest_checkpoint(config.run_dir)
+    checkpoint.write_bytes(checkpoint.read_bytes()[:200])  # a write cut short
+    with pytest.raises(CheckpointError, match=rf"{checkpoint.name}: not a readable torch file"):
+        train(config, resume=True, progress=False)
+    checkpoint.write_bytes(b"definitely not a checkpoint")
+    with pytest.raises(CheckpointError, match=str(checkpoint)):
+        Trainer(config).resume(checkpoint)
+
+
+def test_weights_file_is_not_a_checkpoint(tmp_path: Path) -> None:
+    save_weights(GaitBase(GaitBaseConfig(channels=(4, 8, 8, 16), part_dim=8)), tmp_path / "w.pt", name="w",
+                 metadata={})
+    with pytest.raises(CheckpointError, match="not a training checkpoint"):
+        load_checkpoint(tmp_path / "w.pt")
+
+
+def test_missing_dataset_is_a_clear_error(tmp_path: Path) -> None:
+    config = tiny_config(tmp_path, tmp_path / "no-such-dataset")
+    with pytest.raises(DatasetError, match="no-such-dataset: dataset path does not exist"):
+        Trainer(config)

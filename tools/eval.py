@@ -1,0 +1,137 @@
+"""Evaluate a gait encoder on CASIA-B (subjects 075-124): cross-view Rank-1, Rank-1/5, mAP, mINP, open-set calibration.
+
+    python tools/eval.py --weights weights/gaitbase_compact_casiab.pt --json runs/eval/compact.json
+    python tools/eval.py --weights W.onnx --backend onnxruntime --subjects 075-084 --max-frames 30   # quick look
+    python tools/eval.py --from-embeddings runs/eval/compact.npz                  # recompute from a dump
+
+Protocol (GaitSet/OpenGait): gallery NM-01..04; probes NM-05/06, BG-01/02, CL-01/02; Rank-1 per probe view
+against each other gallery view, averaged over gallery views, then over probe views; distance = per-part
+Euclidean averaged over parts. `open_set` in the JSON holds genuine/impostor statistics and the acceptance
+threshold at each --far for the matcher's part-normalised cosine distance (stages.match `accept_distance`).
+`--dump-embeddings` writes `embeddings` (N, P, C) float32 and `subjects`, `conditions`, `views` str arrays.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from engines.data.sequences import CASIA_B_TEST_SUBJECTS, default_casia_b_root, open_dataset
+from engines.errors import DatasetError, EngineError
+from engines.evaluation import ProbeSetResult, embed_sequences, evaluate_casia_b, format_rank1_table
+from engines.gait.encoder import open_encoder
+
+
+def parse_subjects(text: str) -> list[str]:
+    """"075-124" -> ["075", ..., "124"]; "075,080" -> ["075", "080"]."""
+    subjects: list[str] = []
+    try:
+        for part in text.split(","):
+            first, _, last = part.partition("-")
+            subjects += [f"{i:03d}" for i in range(int(first), int(last or first) + 1)]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected subject ranges like 075-124 or 075,080; got {text!r}") from exc
+    return subjects
+
+
+def parse_rates(text: str) -> list[float]:
+    try:
+        rates = [float(part) for part in text.split(",")]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected rates like 0.01,0.001; got {text!r}") from exc
+    if not all(0 < r < 1 for r in rates):
+        raise argparse.ArgumentTypeError(f"false-accept rates must lie in (0, 1); got {text!r}")
+    return rates
+
+
+def load_embeddings(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
+    """A `--dump-embeddings` file: embeddings, subjects, conditions, views, encoder name."""
+    try:
+        with np.load(path) as data:
+            return (data["embeddings"], data["subjects"], data["conditions"], data["views"],
+                    str(data["encoder"]) if "encoder" in data.files else path.stem)
+    except (OSError, KeyError, ValueError) as exc:
+        raise DatasetError(f"{path}: not an embeddings dump from tools/eval.py ({exc})") from exc
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--weights", type=Path, help="encoder: .pt weights or checkpoint, .onnx or .engine")
+    source.add_argument("--from-embeddings", type=Path, metavar="FILE.npz",
+                        help="skip the network: evaluate a file written by --dump-embeddings")
+    parser.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime", "tensorrt"))
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for the encoder")
+    parser.add_argument("--dataset", type=Path, default=default_casia_b_root() / "sils-64x64-bin",
+                        help="CASIA-B npz folder or OpenGait pkl tree")
+    parser.add_argument("--subjects", type=parse_subjects,
+                        default=list(CASIA_B_TEST_SUBJECTS), help="test subjects (default 075-124)")
+    parser.add_argument("--max-frames", type=int, default=None, help="use only the first N frames of a sequence")
+    parser.add_argument("--batch-size", type=int, default=8, help="sequences of equal length per encoder call")
+    parser.add_argument("--json", type=Path, default=None, help="write every number here")
+    parser.add_argument("--dump-embeddings", type=Path, default=None, metavar="FILE.npz",
+                        help="write embeddings (N, P, C) and subjects/conditions/views")
+    parser.add_argument("--open-set", "--calibrate", action="store_true",
+                        help="also print the open-set calibration (always in the JSON)")
+    parser.add_argument("--far", type=parse_rates, default=[0.01, 0.001],
+                        help="false-accept rates to calibrate thresholds for (default 0.01,0.001)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    try:
+        if args.from_embeddings is not None:
+            embeddings, subjects, conditions, views, encoder_name = load_embeddings(args.from_embeddings)
+            meta = {"encoder": encoder_name, "embeddings": str(args.from_embeddings)}
+        else:
+            encoder = open_encoder(args.weights, backend=args.backend, device=args.device, threads=args.threads)
+            dataset = open_dataset(args.dataset, args.subjects)
+            indices = list(range(len(dataset.keys)))
+            embeddings = embed_sequences(encoder, dataset, indices, args.max_frames, args.batch_size,
+                                         progress=not args.no_progress)
+            subjects = np.asarray([k.subject for k in dataset.keys])
+            conditions = np.asarray([k.condition for k in dataset.keys])
+            views = np.asarray([k.view for k in dataset.keys])
+            encoder_name = encoder.name
+            meta = {"encoder": encoder.name, "backend": encoder.backend, "device": encoder.device,
+                    "weights": str(args.weights), "dataset": str(args.dataset), "max_frames": args.max_frames}
+            if args.dump_embeddings is not None:
+                args.dump_embeddings.parent.mkdir(parents=True, exist_ok=True)
+                np.savez(args.dump_embeddings, embeddings=embeddings.astype(np.float32), subjects=subjects,
+                         conditions=conditions, views=views, encoder=np.asarray(encoder.name))
+                print(f"wrote {args.dump_embeddings}")
+        report = evaluate_casia_b(embeddings, subjects, conditions, views, args.far)
+    except (EngineError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    report = {**meta, "sequences": int(len(embeddings)), "subjects": sorted(set(subjects.tolist())), **report}
+    rank1 = {name: ProbeSetResult(**values) for name, values in report["casia_b_rank1"].items()}
+    print(f"encoder {encoder_name}: {len(embeddings)} sequences of {len(report['subjects'])} subjects")
+    print(format_rank1_table(rank1))
+    for key, label in (("retrieval", "Euclidean"), ("retrieval_part_cosine", "part cosine")):
+        r = report[key]
+        print(f"all probes vs gallery ({label}): Rank-1 {r['rank1']:.1f}  Rank-5 {r['rank5']:.1f}  "
+              f"mAP {r['mAP']:.1f}  mINP {r['mINP']:.1f}")
+    if args.open_set:
+        open_set = report["open_set"]
+        eer = open_set["equal_error_rate"]
+        print(f"open set (part-normalised cosine distance): genuine mean {open_set['genuine']['mean']:.4g}, "
+              f"impostor mean {open_set['impostor']['mean']:.4g}, "
+              f"EER {100 * eer['rate']:.1f}% at distance {eer['threshold']:.4g}")
+        for row in open_set["thresholds"]:
+            print(f"  FAR {100 * row['far']:g}%: accept_distance {row['threshold']:.4g}  TAR {100 * row['tar']:.1f}%  "
+                  f"unknown accepted {100 * row['unknown_accept_rate']:.1f}%")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
