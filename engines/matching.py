@@ -27,7 +27,7 @@ def normalise_parts(vectors: NDArray[np.float32], parts: int) -> NDArray[np.floa
     n, dim = vectors.shape
     split = vectors.reshape(n, parts, dim // parts).astype(np.float32)
     norms = np.linalg.norm(split, axis=2, keepdims=True)
-    return (split / np.maximum(norms, 1e-12) / np.sqrt(parts)).reshape(n, dim)
+    return (split / np.maximum(norms, 1e-12) / np.float32(np.sqrt(parts))).reshape(n, dim).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -39,14 +39,33 @@ class Match:
 
 
 class GalleryIndex:
-    """The gallery prepared for queries: normalised vectors and their owners."""
+    """The gallery prepared for queries: part-normalised vectors grouped by identity.
 
-    def __init__(self, snapshot: GallerySnapshot) -> None:
+    Small galleries are searched exactly. Beyond `exact_max_embeddings` a query first scores every identity's
+    centroid in a random `coarse_dim`-D projection (Johnson-Lindenstrauss: dot products survive up to about
+    1/sqrt(coarse_dim)), then searches the `candidates` best identities' embeddings exactly. For 10,000 identities x
+    10 embeddings of 2048 floats that reads 10 MB per query instead of 800 MB (`tools/bench.py matcher`).
+    """
+
+    def __init__(self, snapshot: GallerySnapshot, *, exact_max_embeddings: int = 4096, coarse_dim: int = 128,
+                 candidates: int = 48) -> None:
         self.names = snapshot.names
         self.parts = snapshot.parts
         self.encoder = snapshot.encoder
-        self.owners = snapshot.owners
-        self.vectors = normalise_parts(snapshot.vectors, snapshot.parts) if len(snapshot.vectors) else snapshot.vectors
+        order = np.argsort(snapshot.owners, kind="stable")
+        self.owners = snapshot.owners[order]
+        vectors = snapshot.vectors[order]
+        self.vectors = normalise_parts(vectors, snapshot.parts) if len(vectors) else vectors
+        self.starts = np.searchsorted(self.owners, np.arange(len(self.names)))
+        self.counts = np.diff(np.append(self.starts, len(self.owners)))
+        self.candidates = candidates
+        self.strategy = "exact" if len(self.vectors) <= exact_max_embeddings else "two-stage"
+        if self.strategy == "two-stage":
+            rng = np.random.default_rng(0)
+            self.projection = (rng.standard_normal((self.vectors.shape[1], coarse_dim)) / np.sqrt(coarse_dim)
+                               ).astype(np.float32)
+            centroids = np.add.reduceat(self.vectors, self.starts, axis=0) / self.counts[:, None]
+            self.coarse = np.ascontiguousarray(centroids @ self.projection, dtype=np.float32)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -55,14 +74,24 @@ class GalleryIndex:
         """(Q, D) -> for each query, up to `top_k` identities by increasing distance."""
         if not len(self.names):
             return [[] for _ in range(len(embeddings))]
-        similarity = normalise_parts(embeddings, self.parts) @ self.vectors.T  # (Q, M)
+        queries = normalise_parts(np.asarray(embeddings, np.float32), self.parts)
+        if self.strategy == "exact":
+            best = np.maximum.reduceat(queries @ self.vectors.T, self.starts, axis=1)  # (Q, identities)
+            return [self._top(np.arange(len(self.names)), row, top_k) for row in best]
+        coarse = (queries @ self.projection) @ self.coarse.T  # (Q, identities)
+        keep = min(self.candidates, len(self.names))
+        shortlists = np.argpartition(-coarse, keep - 1, axis=1)[:, :keep]
         results = []
-        for row in similarity:
-            best = np.full(len(self.names), -np.inf, np.float32)
-            np.maximum.at(best, self.owners, row)
-            order = np.argsort(-best)[:top_k]
-            results.append([Match(self.names[i], float(1.0 - best[i])) for i in order])
+        for query, shortlist in zip(queries, shortlists):
+            rows = np.concatenate([np.arange(self.starts[i], self.starts[i] + self.counts[i]) for i in shortlist])
+            offsets = np.concatenate(([0], np.cumsum(self.counts[shortlist])[:-1]))
+            best = np.maximum.reduceat(self.vectors[rows] @ query, offsets)
+            results.append(self._top(shortlist, best, top_k))
         return results
+
+    def _top(self, identities: NDArray[np.int64], similarity: NDArray[np.float32], top_k: int) -> list[Match]:
+        order = np.argsort(-similarity)[:top_k]
+        return [Match(self.names[identities[i]], float(1.0 - similarity[i])) for i in order]
 
 
 def decide_identity(matches: list[Match], accept_distance: float) -> tuple[str, float]:

@@ -316,7 +316,7 @@ class Supervisor:
         elif report.event == "input_failed":
             self.skipped[report.data.get("uri", stream)] = report.detail
         elif report.event == "stream_opened":
-            self.streams.setdefault(stream, {}).update(report.data, uri=report.detail)
+            self.streams.setdefault(stream, {}).update(report.data, uri=report.detail, opened_at=time.monotonic())
             total = report.data.get("frame_count") or 0
             self._progress_total += int(total)
             if self._progress is not None:
@@ -329,6 +329,8 @@ class Supervisor:
         elif report.event == "stream_finished":
             entry = self.streams.setdefault(stream, {})
             entry.update(finished=True, frames=report.data.get("frames"), end_reason=report.data.get("reason"))
+            if "opened_at" in entry:  # first frame read to last frame out of the sink, start-up excluded
+                entry["processing_s"] = round(time.monotonic() - entry.pop("opened_at"), 3)
             if report.detail:
                 entry["detail"] = report.detail
         elif report.event == "drained":

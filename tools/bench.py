@@ -22,6 +22,11 @@ import sys
 import time
 from pathlib import Path
 
+# Stage processes run numpy's BLAS single-threaded unless their config says otherwise (pipeline/supervisor.py);
+# measure the same way. Must be set before numpy loads.
+for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_variable, "1")
+
 SUBCOMMANDS = ("encoder", "matcher", "transport", "pipeline", "streams")
 
 

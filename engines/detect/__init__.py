@@ -116,6 +116,13 @@ class DetectorSettings(BaseModel):
     )
     device: str = Field("cpu", description="'cpu', 'cuda', 'cuda:0' (YOLO .pt/.onnx only)")
     threads: int = Field(1, ge=1, description="CPU threads for inference (torch, LiteRT/XNNPACK, ONNX Runtime, OpenCV)")
+    workers: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="yolo: model instances predicting side by side over the frames the stage holds (each with "
+        "`threads`); tracking stays in frame order. Frames in flight are what a pipeline has over a loop",
+    )
     max_lost_frames: int = Field(
         30,
         ge=0,

@@ -15,6 +15,7 @@ import ast
 import logging
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,7 +78,6 @@ class YoloTracker:
         self._weights = weights
         metadata = _read_metadata(weights)
         self.imgsz_px = _input_size_px(weights, metadata, settings.imgsz_px)
-        self._model = ultralytics.YOLO(str(weights), task=metadata.get("task"))
         self._tracker_args = _tracker_args(settings)
         self._predict_kwargs: dict[str, Any] = {
             "imgsz": self.imgsz_px,
@@ -87,9 +87,11 @@ class YoloTracker:
             "verbose": False,
             "retina_masks": True,
         }
-        self._warm_up()
-        self._pin_threads()
-        self._warm_up()
+        # Each worker is a whole model: Ultralytics predictors are not thread-safe, and LiteRT / ONNX Runtime /
+        # torch release the GIL while they compute, so threads predicting different frames run in parallel.
+        self._models = [self._load_model(ultralytics, metadata) for _ in range(settings.workers)]
+        self._model = self._models[0]
+        self._pool = ThreadPoolExecutor(settings.workers, "yolo") if settings.workers > 1 else None
         self.task: str = self._model.task
         names = self._model.predictor.model.names
         if names.get(_PERSON_CLASS) != "person":
@@ -100,11 +102,25 @@ class YoloTracker:
         self._streams: dict[str, _StreamTracker] = {}
         self._last_ids: dict[str, int] = {}  # survives end_stream so a restarted stream never reuses an id
 
+    def _load_model(self, ultralytics: Any, metadata: dict[str, Any]) -> Any:
+        model = ultralytics.YOLO(str(self._weights), task=metadata.get("task"))
+        self._warm_up(model)
+        self._pin_threads(model)
+        self._warm_up(model)
+        return model
+
     def update(self, frames: Sequence[tuple[str, NDArray[np.uint8]]]) -> list[Detections]:
-        """Detect in all frames with one batched predict, then advance each stream's tracker in order."""
+        """Detect in all frames (split over the workers), then advance each stream's tracker in frame order."""
         if not frames:
             return []
-        results = self._model.predict([frame for _, frame in frames], **self._predict_kwargs)
+        images = [frame for _, frame in frames]
+        if self._pool is None or len(images) == 1:
+            results = self._model.predict(images, **self._predict_kwargs)
+        else:
+            chunks = [c for c in np.array_split(np.arange(len(images)), len(self._models)) if len(c)]
+            futures = [self._pool.submit(model.predict, [images[i] for i in chunk], **self._predict_kwargs)
+                       for model, chunk in zip(self._models, chunks)]
+            results = [result for future in futures for result in future.result()]
         return [
             self._track(stream_id, frame, result) for (stream_id, frame), result in zip(frames, results, strict=True)
         ]
@@ -145,12 +161,12 @@ class YoloTracker:
 
         return (BOTSORT if self._settings.tracker == "botsort" else BYTETracker)(args=self._tracker_args)
 
-    def _warm_up(self) -> None:
+    def _warm_up(self, model: Any) -> None:
         """One predict on a blank frame: builds the predictor (loads the runtime); load errors surface now."""
         height, width = self.imgsz_px
-        self._model.predict(np.zeros((height, width, 3), np.uint8), **self._predict_kwargs)
+        model.predict(np.zeros((height, width, 3), np.uint8), **self._predict_kwargs)
 
-    def _pin_threads(self) -> None:
+    def _pin_threads(self, model: Any) -> None:
         """Give every runtime exactly `threads` CPU threads, so a pipeline stage can be pinned.
 
         torch (pre/post-processing, .pt inference) and OpenCV take a process-wide setting. Ultralytics builds
@@ -165,7 +181,7 @@ class YoloTracker:
         threads = self._settings.threads
         torch.set_num_threads(threads)
         cv2.setNumThreads(threads)
-        runtime = self._model.predictor.model.backend
+        runtime = model.predictor.model.backend
         if isinstance(runtime, LiteRTBackend) and not runtime.intel:
             from ai_edge_litert.interpreter import Interpreter
 

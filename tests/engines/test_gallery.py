@@ -1,0 +1,124 @@
+"""The gallery store (SQLite) and open-set matching: encoder safety, exchange, durability under SIGKILL, voting."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engines.gallery import GalleryError, GalleryStore, resolve_gallery_path
+from engines.matching import UNKNOWN, GalleryIndex, TrackVote, decide_identity
+from tests.conftest import REPO_ROOT
+
+DIM, PARTS = 64, 4
+
+
+def vectors(seed: int, count: int = 3) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(count, DIM)).astype(np.float32)
+
+
+@pytest.fixture
+def gallery(tmp_path: Path):
+    store = GalleryStore(tmp_path / "gallery.sqlite")
+    yield store
+    store.close()
+
+
+def test_add_snapshot_and_nearest_identity(gallery: GalleryStore):
+    gallery.add("alice", vectors(1), encoder="enc@1", parts=PARTS, source="a.mp4", track_id=3, frames=60)
+    gallery.add("bob", vectors(2), encoder="enc@1", parts=PARTS)
+    index = GalleryIndex(gallery.snapshot())
+    query = vectors(1)[1:2] + 0.01
+    matches = index.query(query, top_k=2)[0]
+    assert [m.name for m in matches] == ["alice", "bob"]
+    assert matches[0].distance < 1e-3 < matches[1].distance
+    assert decide_identity(matches, accept_distance=0.2)[0] == "alice"
+    assert decide_identity(index.query(vectors(9)[:1])[0], accept_distance=0.2)[0] == UNKNOWN
+
+
+def test_refuses_embeddings_of_another_encoder(gallery: GalleryStore):
+    gallery.add("alice", vectors(1), encoder="enc@1", parts=PARTS)
+    with pytest.raises(GalleryError, match="enc@2"):
+        gallery.add("bob", vectors(2), encoder="enc@2", parts=PARTS)
+    assert [i.name for i in gallery.identities()] == ["alice"]
+
+
+def test_rename_delete_export_import(gallery: GalleryStore, tmp_path: Path):
+    gallery.add("anon-0001", vectors(1), encoder="enc@1", parts=PARTS, anonymous=True)
+    gallery.add("bob", vectors(2, 5), encoder="enc@1", parts=PARTS)
+    gallery.rename("anon-0001", "carol")
+    with pytest.raises(GalleryError, match="already exists"):
+        gallery.rename("carol", "bob")
+    assert gallery.export(tmp_path / "backup.npz") == 8
+    assert gallery.delete("bob") == 5
+    with pytest.raises(GalleryError, match="no identity named 'bob'"):
+        gallery.delete("bob")
+    other = GalleryStore(tmp_path / "other.sqlite")
+    assert other.import_(tmp_path / "backup.npz") == 8
+    assert {(i.name, i.embeddings, i.anonymous) for i in other.identities()} == {("carol", 3, False), ("bob", 5, False)}
+    imported = other.snapshot()
+    carol = imported.names.index("carol")
+    np.testing.assert_array_equal(imported.vectors[imported.owners == carol], gallery.snapshot().vectors)
+    other.close()
+
+
+def test_path_from_flag_then_environment_then_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    monkeypatch.setenv("GAITSTREAM_GALLERY", str(tmp_path / "env.sqlite"))
+    assert resolve_gallery_path(tmp_path / "flag.sqlite") == tmp_path / "flag.sqlite"
+    assert resolve_gallery_path(None) == tmp_path / "env.sqlite"
+    monkeypatch.delenv("GAITSTREAM_GALLERY")
+    assert resolve_gallery_path(None) == Path("gallery.sqlite")
+
+
+def test_not_a_gallery_is_a_clear_error(tmp_path: Path):
+    path = tmp_path / "junk.sqlite"
+    path.write_bytes(b"not a database at all" * 100)
+    with pytest.raises(GalleryError, match="cannot open gallery"):
+        GalleryStore(path)
+
+
+WRITER = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from engines.gallery import GalleryStore
+    store = GalleryStore(sys.argv[1])
+    rng = np.random.default_rng(0)
+    for i in range(100000):
+        store.add(f"person-{i:05d}", rng.normal(size=(10, 256)).astype(np.float32), encoder="enc@1", parts=4)
+        print(i, flush=True)
+""")
+
+
+def test_sigkill_while_enrolling_keeps_every_committed_identity(tmp_path: Path):
+    path = tmp_path / "gallery.sqlite"
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                              text=True, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    committed = [int(writer.stdout.readline()) for _ in range(40)]  # 40 commits reported, more under way
+    writer.send_signal(signal.SIGKILL)
+    writer.wait(10)
+    committed += [int(line) for line in writer.stdout.read().split()]
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    store = GalleryStore(path)
+    names = {i.name: i.embeddings for i in store.identities()}
+    store.close()
+    for i in committed:
+        assert names.get(f"person-{i:05d}") == 10, f"person-{i:05d} was committed before the kill"
+    assert all(count == 10 for count in names.values()), "a half-written identity"
+
+
+def test_track_vote_needs_agreement_before_changing_the_label():
+    vote = TrackVote(windows=5, min_agreeing=2, now_s=0.0)
+    assert vote.add("alice", 0.8, 0.1, 1.0) is False  # one window is not enough
+    assert vote.label[0] == UNKNOWN
+    assert vote.add("alice", 0.6, 0.1, 2.0) is True
+    assert vote.label == ("alice", pytest.approx(0.7))
+    vote.add("bob", 0.9, 0.05, 3.0)  # a single odd window does not flip the name
+    assert vote.label[0] == "alice"

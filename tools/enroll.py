@@ -1,0 +1,162 @@
+"""Enrol a person into the gallery from a video or a live stream: the pipeline's own stages find, track and encode
+them, and the chosen track's gait embeddings are stored under NAME.
+
+    python tools/enroll.py --source walk.mp4 --list-tracks               # TRACK_ID FIRST_FRAME LAST_FRAME N_SILHOUETTES
+    python tools/enroll.py --name alice --source walk.mp4                 # the only person in the video
+    python tools/enroll.py --name bob --source two_people.mp4 --track-id 2
+    python tools/enroll.py --name carol --source rtsp://cam/stream --max-seconds 20 --track-id 1
+
+The gallery is `--gallery PATH`, else the config's `stages.match.gallery`, else $GAITSTREAM_GALLERY, else
+./gallery.sqlite: the same file run_pipeline.py reads. Exit codes: 0 enrolled (or listed), 2 nothing enrolled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+
+from engines.errors import EngineError  # noqa: E402
+from engines.gallery import GalleryStore, resolve_gallery_path  # noqa: E402
+from pipeline.errors import GaitstreamError  # noqa: E402
+from pipeline.messages import EndOfStream, FrameRecord  # noqa: E402
+from pipeline.sequential import run_sequential  # noqa: E402
+from stages import load_pipeline_config, stage_registry  # noqa: E402
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pipeline" / "default.yaml"
+ENROL_GRAPH = ["detect_track", "segment", "gait"]
+
+
+@dataclass
+class TrackSummary:
+    """What one track of the enrolment video yielded."""
+
+    track_id: int
+    first_frame: int
+    last_frame: int
+    silhouettes: int = 0
+    embeddings: list[np.ndarray] = field(default_factory=list)
+
+
+@dataclass
+class TrackCollector:
+    """Gathers, from the gait stage's output, each track's frames, silhouette count and embeddings."""
+
+    tracks: dict[int, TrackSummary] = field(default_factory=dict)
+    encoder: str | None = None
+    parts: int = 1
+
+    def __call__(self, message: FrameRecord | EndOfStream) -> None:
+        if isinstance(message, FrameRecord):
+            for track_id in message.tracks.track_ids.tolist():
+                track = self.tracks.setdefault(track_id, TrackSummary(track_id, message.seq, message.seq))
+                track.last_frame = message.seq
+            if message.silhouettes is not None:
+                for track_id in message.silhouettes.track_ids.tolist():
+                    self.tracks[track_id].silhouettes += 1
+        if message.embeddings is not None:
+            self.encoder, self.parts = message.embeddings.encoder, message.embeddings.parts
+            for track_id, vector in zip(message.embeddings.track_ids.tolist(), message.embeddings.vectors):
+                self.tracks[track_id].embeddings.append(vector)
+
+    def in_order(self) -> list[TrackSummary]:
+        return sorted(self.tracks.values(), key=lambda t: (t.first_frame, t.track_id))
+
+
+def collect_tracks(config_path: Path, source: str, *, rotate: str | None, max_seconds: float | None,
+                   overrides: list[str], progress: bool) -> tuple[TrackCollector, object]:
+    """Run detect_track → segment → gait on `source` in this process; every track's summary."""
+    from pipeline.config import parse_override
+
+    stream = {"uri": source, **({"rotate": rotate} if rotate else {})}
+    config = load_pipeline_config(config_path, [
+        *(parse_override(text) for text in overrides),
+        (["streams"], [stream]),
+        (["graph"], ENROL_GRAPH),
+    ])
+    if config.stages.gait.encoder is None:
+        raise GaitstreamError(f"{config_path}: stages.gait.encoder is not set; enrolment needs a gait encoder")
+    collector = TrackCollector()
+    run_sequential(config, stage_registry(), on_output=collector, max_seconds=max_seconds, progress=progress)
+    return collector, config
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--source", required=True, help="video file, or rtsp:// / http(s):// URL, or webcam:N")
+    parser.add_argument("--name", help="identity to add the embeddings to (created if new)")
+    parser.add_argument("--track-id", type=int, help="which track to enrol when the video holds several people")
+    parser.add_argument("--list-tracks", action="store_true", help="print the tracks found and exit")
+    parser.add_argument("--gallery", type=Path,
+                        help="gallery file (default: config, $GAITSTREAM_GALLERY, ./gallery.sqlite)")
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="pipeline YAML (default: %(default)s)")
+    parser.add_argument("--rotate", choices=["cw90", "ccw90", "180"], help="rotate the input (camera on its side)")
+    parser.add_argument("--max-seconds", type=float, help="stop after this much video (needed for live streams)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a pipeline config value (repeatable)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
+    args = parser.parse_args(argv)
+    if not args.list_tracks and not args.name:
+        parser.error("give --name NAME to enrol, or --list-tracks to see who is in the video")
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    live = "://" in args.source or args.source.startswith("webcam:")
+    if live and args.max_seconds is None:
+        parser.error("a live stream never ends by itself: give --max-seconds")
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # libraries' chatter must not mix with the track listing
+            collector, config = collect_tracks(args.config, args.source, rotate=args.rotate,
+                                               max_seconds=args.max_seconds, overrides=args.overrides,
+                                               progress=not args.quiet)
+        tracks = collector.in_order()
+        if args.list_tracks:
+            for track in tracks:
+                print(f"{track.track_id} {track.first_frame} {track.last_frame} {track.silhouettes}")
+            return 0
+        track = choose_track(tracks, args.track_id, args.source)
+        gallery_path = resolve_gallery_path(args.gallery or config.stages.match.gallery)
+        gallery = GalleryStore(gallery_path)
+        try:
+            added = gallery.add(args.name, np.stack(track.embeddings), encoder=collector.encoder,
+                                parts=collector.parts, source=args.source, stream=config.streams[0].id,
+                                track_id=track.track_id, frames=track.silhouettes)
+        finally:
+            gallery.close()
+    except (GaitstreamError, EngineError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"enrolled {args.name}: {added} embeddings from track {track.track_id} (frames {track.first_frame}-"
+          f"{track.last_frame}, {track.silhouettes} silhouettes) of {args.source} into {gallery_path}")
+    return 0
+
+
+def choose_track(tracks: list[TrackSummary], track_id: int | None, source: str) -> TrackSummary:
+    """The requested track, or the only one with embeddings; an error that says what to do otherwise."""
+    usable = [t for t in tracks if t.embeddings]
+    if track_id is not None:
+        found = next((t for t in tracks if t.track_id == track_id), None)
+        if found is None:
+            known = ", ".join(str(t.track_id) for t in tracks) or "none"
+            raise GaitstreamError(f"{source}: no track {track_id} (tracks: {known}; see --list-tracks)")
+        if not found.embeddings:
+            raise GaitstreamError(f"{source}: track {track_id} has only {found.silhouettes} usable silhouettes, "
+                                  f"too few for a gait window")
+        return found
+    if len(usable) == 1:
+        return usable[0]
+    if not usable:
+        raise GaitstreamError(f"{source}: nobody walked long enough in view to enrol ({len(tracks)} tracks)")
+    listing = "; ".join(f"track {t.track_id} frames {t.first_frame}-{t.last_frame}" for t in usable)
+    raise GaitstreamError(f"{source}: {len(usable)} people ({listing}); choose one with --track-id")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
