@@ -142,7 +142,11 @@ def main(argv: list[str] | None = None) -> int:
         result.exit_code = 1
     out = config.stages.sink.out_dir
     if out is not None:
-        (out / "summary.json").write_text(json.dumps(result.to_json(), indent=2, default=str))
+        try:
+            (out / "summary.json").write_text(json.dumps(result.to_json(), indent=2, default=str))
+        except OSError as exc:
+            print(f"error: cannot write {out / 'summary.json'}: {exc.strerror or exc}", file=sys.stderr)
+            result.exit_code = result.exit_code or 2
     print_summary(result, out)
     return result.exit_code
 

@@ -339,6 +339,10 @@ class Supervisor:
             log.info("stop requested by %s: %s", managed.name, report.detail)
             self.stop_reason = self.stop_reason or "user"
 
+    def stop(self, reason: str = "user") -> None:
+        """Ask a running `run()` (from another thread) to stop as Ctrl-C would: Stop to every process, then join."""
+        self.stop_reason = self.stop_reason or reason
+
     # --- run ---------------------------------------------------------------------------------------------------
     def _batch_complete(self) -> bool:
         if not self.processes:

@@ -8,10 +8,14 @@ Per input stream (folder `OUT/<stream id>/`, the input's stem for files):
 - with `save_silhouettes`, each track's silhouettes in OpenGait's layout `<stream>/<track>/000/000.pkl`, a
   pickled uint8 array (T, 64, 44), so the output can feed training.
 The same events go out on a ZeroMQ PUB socket (topic = stream id) when `events_endpoint` is set.
+
+An output that cannot be written (disk full, no permission) is counted (`output_errors_total` by errno) and stops
+the run with one line naming the file: retrying or restarting the sink cannot make room on a disk.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -33,6 +37,8 @@ from pipeline.transport import EventPublisher
 from stages.overlay import draw_overlay
 
 log = logging.getLogger(__name__)
+
+MIN_FREE_BYTES = 16 * 2**20  # below this the annotated video counts as failed: OpenCV's writer drops frames silently
 
 
 class OutputError(FatalError):
@@ -111,11 +117,15 @@ class SinkStage(Stage):
         return outputs
 
     def _guard(self, where: Path, action: Any) -> Any:
-        """Run an output action; a full disk or a denied write becomes one clear OutputError."""
+        """Run an output action; a full disk or a denied write becomes one clear, counted OutputError."""
         try:
             return action()
         except OSError as exc:
-            raise OutputError(f"cannot write {where}: {exc.strerror or exc}") from exc
+            raise self._output_error(where, exc.errno, exc.strerror or str(exc)) from exc
+
+    def _output_error(self, where: Path, code: int | None, why: str) -> OutputError:
+        self.context.metrics.inc("output_errors_total", reason=errno.errorcode.get(code or 0, "unknown"))
+        return OutputError(f"cannot write {where}: {why}")
 
     def _emit(self, outputs: _StreamOutputs, event: dict[str, Any]) -> None:
         line = json.dumps(event, separators=(",", ":"))
@@ -156,6 +166,10 @@ class SinkStage(Stage):
                 self._show(record.stream_id, image)
         for track_id in record.ended_track_ids.tolist():
             self._finish_track(record.stream_id, outputs, track_id)
+        # Capture to outputs written: the pipeline's end-to-end latency (percentiles, and the newest frame's).
+        done_ms = (time.monotonic_ns() - record.capture_ns) / 1e6
+        self.context.metrics.observe_ms("latency_since_capture", done_ms)
+        self.context.metrics.set("newest_frame_latency_ms", done_ms)
         return []
 
     def _record_events(self, outputs: _StreamOutputs, message: FrameRecord | EndOfStream, frame: int, t: float) -> None:
@@ -196,12 +210,14 @@ class SinkStage(Stage):
             fourcc = cv2.VideoWriter_fourcc(*config.video_fourcc)
             writer = cv2.VideoWriter(str(path), fourcc, record.fps, (image.shape[1], image.shape[0]))
             if not writer.isOpened():
-                raise OutputError(f"cannot write {path}: OpenCV has no {config.video_fourcc} encoder or no space")
+                if _disk_free_bytes(path.parent) < MIN_FREE_BYTES:
+                    raise self._output_error(path, errno.ENOSPC, os.strerror(errno.ENOSPC))
+                raise self._output_error(path, None, f"OpenCV cannot create it with the {config.video_fourcc} codec")
             outputs.video = writer
         outputs.video.write(image)
         outputs.frames_written += 1
-        if outputs.frames_written % 50 == 0 and path.exists() and _disk_free_bytes(path.parent) < 16 * 2**20:
-            raise OutputError(f"cannot write {path}: the disk is full")
+        if outputs.frames_written % 50 == 0 and path.exists() and _disk_free_bytes(path.parent) < MIN_FREE_BYTES:
+            raise self._output_error(path, errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     def _show(self, stream_id: str, image: np.ndarray) -> None:
         config: SinkConfig = self.config  # type: ignore[assignment]
@@ -250,8 +266,8 @@ class SinkStage(Stage):
             return
         if outputs.video is not None:
             outputs.video.release()
-        if outputs.events is not None:
-            outputs.events.close()
+        if outputs.events is not None:  # closing flushes the last lines: it can find the disk full too
+            self._guard(outputs.folder / "events.jsonl", outputs.events.close)
         if self.config.display:  # type: ignore[attr-defined]
             try:
                 cv2.destroyWindow(f"gaitstream: {stream_id}")
@@ -259,8 +275,12 @@ class SinkStage(Stage):
                 pass
 
     def close(self) -> None:
+        """Close what is open; a failure here is logged, not raised: after a failed write it is the same one."""
         for stream_id in list(getattr(self, "streams", {})):
-            self._close_stream(stream_id)
+            try:
+                self._close_stream(stream_id)
+            except OutputError as exc:
+                log.warning("%s stream=%s", exc, stream_id)
 
 
 def _disk_free_bytes(folder: Path) -> int:

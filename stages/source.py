@@ -2,8 +2,9 @@
 
 A live stream that drops is reopened with capped exponential back-off; every open and read is bounded by a
 timeout, so a dead camera cannot hang the pipeline. A recorded file is read as fast as the pipeline takes it
-(batch) or at its native frame rate (when run as a live stream, e.g. to simulate cameras). Rotation for cameras
-mounted sideways happens here, before anything looks at the pixels.
+(batch) or at its native frame rate (when run as a live stream, e.g. to simulate cameras), once or on repeat
+(`loop`, for simulated cameras and soak runs). Rotation for cameras mounted sideways happens here, before anything
+looks at the pixels.
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ class SourceSettings(SourceConfig):
     )
     rtsp_transport: str = Field("tcp", pattern="^(tcp|udp)$", description="RTSP over TCP survives lossy networks")
     fps_limit: float | None = Field(None, gt=0, description="deliver at most this many frames per second (live)")
+    loop: bool = Field(
+        False, description="replay recorded files from the start when they end, until stopped (simulated cameras)"
+    )
 
 
 def stream_id_for(uri: str) -> str:
@@ -128,6 +132,7 @@ class VideoSource:
         self._opened_ns = 0
         self._interrupted = threading.Event()
         self._next_due_s = 0.0
+        self._pass_start = 0  # index of the first frame of the current pass over a looped file
 
     # --- opening -----------------------------------------------------------------------------------------------
     def _capture_args(self) -> tuple[str | int, int, list[int]]:
@@ -210,10 +215,26 @@ class VideoSource:
             if ok and pixels is not None:
                 return self._frame(pixels)
         if not self.live:
-            if self.frame_count and self._index < self.frame_count - 1:
-                log.warning("%s ended at frame %d of %d (truncated?)", self.uri, self._index, self.frame_count)
+            played = self._index - self._pass_start
+            if self.frame_count and played < self.frame_count - 1:
+                log.warning("%s ended at frame %d of %d (truncated?)", self.uri, played, self.frame_count)
+            if self.settings.loop and played:
+                return self._replay()
             return None
         return self._reconnect()
+
+    def _replay(self) -> CapturedFrame | None:
+        """Reopen a looped file at its start; frame indices and media time keep counting, so the stream goes on."""
+        if self._capture is not None:
+            self._capture.release()
+            self._capture = None
+        self._pass_start = self._index
+        if self._try_open() is None:
+            ok, pixels = self._capture.read()  # type: ignore[union-attr]
+            if ok and pixels is not None:
+                return self._frame(pixels)
+        log.warning("%s no longer decodes; stopping its replay stream=%s", self.uri, self.stream_id)
+        return None
 
     def _reconnect(self) -> CapturedFrame | None:
         """Reopen a lost live stream with capped exponential back-off; SourceError after max_outage_s."""

@@ -5,6 +5,7 @@
     python tools/bench.py transport --json runs/bench/transport.json   # one 1080p frame hop between processes
     python tools/bench.py pipeline  --json runs/bench/pipeline.json    # multi-process vs sequential, per stage
     python tools/bench.py streams   --json runs/bench/streams.json     # how many real-time streams fit
+    python tools/bench.py soak      --json runs/bench/soak.json        # memory of every process over 10 minutes
 
 Each subcommand lives in `tools/benchmarks/<name>.py` with `add_arguments(parser)` and `run(args) -> dict`; the
 JSON also records the machine it ran on, so a number is never quoted without its hardware.
@@ -27,7 +28,7 @@ from pathlib import Path
 for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_variable, "1")
 
-SUBCOMMANDS = ("encoder", "matcher", "transport", "pipeline", "streams")
+SUBCOMMANDS = ("encoder", "matcher", "transport", "pipeline", "streams", "soak")
 
 
 def machine() -> dict:

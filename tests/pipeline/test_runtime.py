@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import cv2
@@ -15,6 +16,7 @@ import numpy as np
 import psutil
 import zmq
 
+from pipeline.config import StageConfig
 from pipeline.shm import shm_dir
 from pipeline.stage import process_title
 from tests.conftest import REPO_ROOT, wait_for
@@ -99,6 +101,41 @@ def test_live_mode_drops_oldest_frames_and_counts_each_drop(tmp_path, outdoor_cl
     assert drops > 50, "a 70 ms stage behind a 30 fps source must shed frames"
     assert len(seqs) + drops == 211, "every frame is either delivered or counted as dropped"
     assert sum(b - a - 1 for a, b in zip(seqs, seqs[1:])) + seqs[0] + (210 - seqs[-1]) == drops
+
+
+def test_killed_stage_in_live_mode_loses_only_the_outage_and_counts_it(tmp_path, outdoor_clip):
+    out = tmp_path / "rec.jsonl"
+    outage: list[float] = []
+
+    def kill_relay_and_time_the_outage() -> None:
+        wait_for(lambda: out.exists() and len(read_lines(out)) >= 40, 60, "40 frames through the graph")
+        relay = wait_for(lambda: child_named("relay"), 10, "the relay process")
+        seen = len(read_lines(out))
+        killed_at = time.monotonic()
+        os.kill(relay.pid, signal.SIGKILL)
+        # Up to a window of frames the dead relay had already forwarded may still arrive; more came through its
+        # successor.
+        in_flight = StageConfig().window
+        wait_for(lambda: len(read_lines(out)) > seen + in_flight, 60, "frames after the restart")
+        outage.append(time.monotonic() - killed_at)
+
+    thread = threading.Thread(target=kill_relay_and_time_the_outage)
+    thread.start()
+    result = run_graph(
+        [{"uri": str(outdoor_clip), "id": "ab"}],
+        {"stages.recorder.path": str(out), "stages.source.mode": "live", "runtime.restart_backoff_initial_s": 0.1},
+    )
+    thread.join()
+    seqs = [f["seq"] for f in frames_of(read_lines(out), "ab")]
+    drops = result.metrics["source-0"]["counters"].get('dropped_total{reason="live_queue_full"}', 0)
+    assert outage, "the relay was never killed"
+    assert result.exit_code == 0
+    assert result.metrics["relay"]["restarts"] == 1
+    assert seqs == sorted(set(seqs)), "live frames must stay in order without duplicates"
+    assert len(seqs) + drops == 211, "every frame is either delivered or counted as dropped"
+    assert drops >= 1, "a live source cannot wait for a dead stage"
+    largest_gap = max(b - a - 1 for a, b in zip(seqs, seqs[1:]))
+    assert largest_gap <= 30 * outage[0] + 10, f"lost {largest_gap} frames in a {outage[0]:.1f}s outage at 30 fps"
 
 
 def test_malformed_messages_on_a_socket_are_dropped_and_counted(tmp_path, outdoor_clip):

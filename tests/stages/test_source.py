@@ -1,0 +1,60 @@
+"""The video source on a real clip: recorded files played at their native rate and on repeat."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.config import StreamSpec
+from stages.source import SourceSettings, VideoSource
+
+SHORT_CLIP_FRAMES = 83  # aiog_indoor_C_short.mp4, 30 fps
+
+
+@pytest.fixture(scope="module")
+def short_clip(videos: Path) -> Path:
+    return videos / "aiog_indoor_C_short.mp4"
+
+
+def open_source(clip: Path, *, realtime: bool, **settings: object) -> VideoSource:
+    source = VideoSource(StreamSpec(uri=str(clip), id="c"), SourceSettings(**settings), live=False, realtime=realtime)
+    source.open()
+    return source
+
+
+def test_a_looped_file_replays_from_the_start_and_keeps_counting(short_clip: Path):
+    source = open_source(short_clip, realtime=False, loop=True)
+    try:
+        frames = [source.read() for _ in range(SHORT_CLIP_FRAMES + 5)]
+    finally:
+        source.close()
+    assert all(frame is not None for frame in frames)
+    assert [frame.index for frame in frames] == list(range(SHORT_CLIP_FRAMES + 5))
+    assert frames[SHORT_CLIP_FRAMES].pts_s == pytest.approx(SHORT_CLIP_FRAMES / 30.0)
+    assert np.array_equal(frames[SHORT_CLIP_FRAMES].pixels, frames[0].pixels), "the second pass starts at frame 0"
+
+
+def test_a_file_ends_once_without_loop(short_clip: Path):
+    source = open_source(short_clip, realtime=False)
+    try:
+        count = 0
+        while source.read() is not None:
+            count += 1
+    finally:
+        source.close()
+    assert count == SHORT_CLIP_FRAMES
+
+
+def test_a_file_played_as_a_live_stream_keeps_its_native_rate(short_clip: Path):
+    source = open_source(short_clip, realtime=True)
+    try:
+        started = time.monotonic()
+        for _ in range(31):
+            assert source.read() is not None
+        elapsed_s = time.monotonic() - started
+    finally:
+        source.close()
+    assert 0.95 <= elapsed_s <= 1.5, f"30 frame intervals at 30 fps took {elapsed_s:.2f}s"
