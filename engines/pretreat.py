@@ -39,7 +39,30 @@ def cut_sides(silhouettes_64x64: NDArray[np.uint8]) -> NDArray[np.uint8]:
     return np.ascontiguousarray(silhouettes_64x64[..., _SIDE_CUT : SIL_PADDED_WIDTH - _SIDE_CUT])
 
 
-def pretreat_silhouette(
+@dataclass(frozen=True)
+class PretreatTransform:
+    """Where source-mask pixel (u = column, v = row) lands in the 64x64 padded silhouette (pixel centres on integers).
+
+    `col = u * col_scale - col_offset`, `row = (v - row0) * row_scale`: exact for the crop, the cubic resize (which
+    maps destination pixel x to source (x + 0.5) / scale - 0.5) and the centring; subtract 10 from `col` for the
+    64x44 network frame. The two scales differ slightly because the resized width is rounded down to whole pixels.
+    """
+
+    row0: float
+    row_scale: float
+    col_scale: float
+    col_offset: float
+
+
+@dataclass(frozen=True)
+class PaddedSilhouette:
+    """OpenGait's pretreated 64x64 silhouette, before the load-time cut, and how the source mask maps into it."""
+
+    silhouette: NDArray[np.uint8]  # (64, 64) in {0, 255}
+    transform: PretreatTransform
+
+
+def pretreat_padded(
     mask: NDArray[np.bool_] | NDArray[np.uint8],
     *,
     touches_top: bool = False,
@@ -48,14 +71,11 @@ def pretreat_silhouette(
     touches_right: bool = False,
     min_height_px: int = 48,
     max_width_ratio: float = 1.0,
-) -> NDArray[np.uint8] | Rejection:
-    """One person mask (h, w), any resolution -> (64, 44) uint8 in {0, 255}, or the reason it was rejected.
+) -> PaddedSilhouette | Rejection:
+    """`pretreat_silhouette` without the final cut: the 64x64 silhouette (as OpenGait stores it) and its transform.
 
-    `touches_top` / `touches_bottom` / `touches_left` / `touches_right` say whether the mask reaches that frame
-    border, where the person is cut off and the silhouette would lie about the gait (a walker entering or leaving
-    at the side is as truncated as one cut at the top or bottom). `min_height_px` is the smallest mask height (in
-    source pixels) worth upscaling to 64. `max_width_ratio` rejects blobs wider than tall (merged people, cars).
-    The result is re-binarised after the resize because the CASIA-B training silhouettes are binary.
+    For data generated with known geometry (the synthetic 3D dataset), which needs both the stored 64x64 layout and
+    where each projected point ends up. Arguments and rejections as `pretreat_silhouette`.
     """
     binary = np.asarray(mask) > 0
     rows = np.flatnonzero(binary.any(axis=1))
@@ -86,4 +106,36 @@ def pretreat_silhouette(
     padded = np.zeros((SIL_HEIGHT, new_width + 2 * half), np.uint8)
     padded[:, half : half + new_width] = resized
     left = x_center  # x_center - half, shifted by the left padding of `half`
-    return cut_sides(padded[:, left : left + SIL_PADDED_WIDTH])
+    row_scale = SIL_HEIGHT / cropped.shape[0]
+    col_scale = new_width / cropped.shape[1]
+    transform = PretreatTransform(
+        row0=float(rows[0]) - 0.5 + 0.5 / row_scale,
+        row_scale=row_scale,
+        col_scale=col_scale,
+        col_offset=left - half + 0.5 - 0.5 * col_scale,
+    )
+    return PaddedSilhouette(np.ascontiguousarray(padded[:, left : left + SIL_PADDED_WIDTH]), transform)
+
+
+def pretreat_silhouette(
+    mask: NDArray[np.bool_] | NDArray[np.uint8],
+    *,
+    touches_top: bool = False,
+    touches_bottom: bool = False,
+    touches_left: bool = False,
+    touches_right: bool = False,
+    min_height_px: int = 48,
+    max_width_ratio: float = 1.0,
+) -> NDArray[np.uint8] | Rejection:
+    """One person mask (h, w), any resolution -> (64, 44) uint8 in {0, 255}, or the reason it was rejected.
+
+    `touches_top` / `touches_bottom` / `touches_left` / `touches_right` say whether the mask reaches that frame
+    border, where the person is cut off and the silhouette would lie about the gait (a walker entering or leaving
+    at the side is as truncated as one cut at the top or bottom). `min_height_px` is the smallest mask height (in
+    source pixels) worth upscaling to 64. `max_width_ratio` rejects blobs wider than tall (merged people, cars).
+    The result is re-binarised after the resize because the CASIA-B training silhouettes are binary.
+    """
+    result = pretreat_padded(mask, touches_top=touches_top, touches_bottom=touches_bottom,
+                             touches_left=touches_left, touches_right=touches_right, min_height_px=min_height_px,
+                             max_width_ratio=max_width_ratio)
+    return result if isinstance(result, Rejection) else cut_sides(result.silhouette)

@@ -80,6 +80,19 @@ def casia_b(assets: Path) -> Path:
     return assets / "datasets" / "casia-b"
 
 
+#: A tiny synthetic 3D gait set (3 identities, 2 views, 12 frames): seconds to generate, real bodies and renders.
+TINY_SYNTHETIC = {"subjects": 3, "frames": 12, "views": ("018", "090")}
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from engines.data.synthetic import SyntheticSpec, generate_synthetic
+
+    out = tmp_path_factory.mktemp("synthetic")
+    generate_synthetic(SyntheticSpec(out=out, **TINY_SYNTHETIC), progress=False)
+    return out
+
+
 def read_frames(path: Path, indices: set[int]) -> dict[int, np.ndarray]:
     """Decode `path` once, up to its largest wanted index, keeping the BGR frames at `indices`."""
     capture = cv2.VideoCapture(str(path))
