@@ -10,6 +10,7 @@ so every number can be checked on hand-built embeddings; only `embed_sequences` 
   `cuda_dist(metric="euc")`, the per-part Euclidean distance averaged over parts.
 - `retrieval_metrics`: Rank-k, mAP and mINP (Gait3D / OpenGait `evaluate_many`), every probe against the whole
   gallery, same view included.
+- `reconstruction_errors`: Mesh-Gait's 3D joints, virtual markers and mesh against synthetic ground truth (mm).
 - `open_set_calibration`: genuine and impostor distances under the matcher's own distance (part-normalised cosine,
   `engines.matching`), an identity's distance being that of its closest gallery embedding, and the acceptance
   threshold at chosen false-accept rates, which is what `stages.match`'s `accept_distance` needs.
@@ -32,6 +33,9 @@ from engines.data.sequences import SilhouetteDataset
 from engines.matching import normalise_parts
 
 if TYPE_CHECKING:
+    import torch
+
+    from engines.data.synthetic import SyntheticGaitDataset
     from engines.gait.encoder import GaitEncoder
 
 GALLERY_CONDITIONS = ("nm-01", "nm-02", "nm-03", "nm-04")
@@ -264,3 +268,50 @@ def format_rank1_table(rank1: dict[str, ProbeSetResult]) -> str:
         cells = [f"{result.per_view[v]:5.1f}" if v in result.per_view else "    -" for v in views]
         lines.append(" ".join([f"{name:<4}", *cells, f"{result.mean:5.1f}"]))
     return "\n".join(lines)
+
+
+def reconstruction_errors(model: torch.nn.Module, dataset: SyntheticGaitDataset, indices: Sequence[int],
+                          held_out_views: Sequence[str] = (), max_frames: int | None = None,
+                          progress: bool = True) -> dict[str, object]:
+    """Mesh-Gait's 3D reconstruction on synthetic sequences with ground truth, in millimetres.
+
+    Per frame: MPJPE over the 24 joints, the mean error of the 64 virtual markers, and the mean per-vertex error
+    (MPVE) of the mesh interpolated from the markers. Both prediction and truth are made root-relative (pelvis) and
+    metric with the ground truth's scale (`to_metric_root_relative`): silhouettes carry no absolute scale, so none is
+    predicted. Reported over all frames, and split into views seen in training and `held_out_views`.
+    """
+    import torch
+
+    from engines.data.synthetic import to_metric_root_relative
+
+    joints = model.config.joints
+    errors: dict[str, list[NDArray[np.float64]]] = {"joints": [], "markers": [], "vertices": []}
+    held_out: list[NDArray[np.bool_]] = []
+    model.eval()
+    for index in tqdm(indices, disable=not progress, unit="seq", dynamic_ncols=True):
+        frame_idx = all_frame_indices(dataset.num_frames(int(index)), max_frames)
+        silhouettes = torch.from_numpy(dataset.frames_at(int(index), frame_idx)).float().div_(255.0)[None]
+        with torch.inference_mode():
+            output = model(silhouettes, with_3d=True)
+        truth = dataset.targets_at(int(index), frame_idx)
+        predicted = {"joints": output.joints_3d[0], "markers": output.markers_3d[0],
+                     "vertices": output.vertices_3d[0]}
+        expected = {"joints": truth.points[:, :joints], "markers": truth.points[:, joints:],
+                    "vertices": truth.vertices}
+        pelvis_predicted, pelvis_expected = output.joints_3d[0][:, :1].numpy(), truth.points[:, :1]
+        for name in errors:
+            # The pelvis first, so every point set is made relative to its own frame's pelvis.
+            guess = to_metric_root_relative(np.concatenate([pelvis_predicted, predicted[name].numpy()], 1),
+                                            truth.half_extent_m)[:, 1:]
+            true = to_metric_root_relative(np.concatenate([pelvis_expected, expected[name]], 1),
+                                           truth.half_extent_m)[:, 1:]
+            errors[name].append(1000.0 * np.linalg.norm(guess - true, axis=-1).mean(-1))
+        held_out.append(np.full(len(frame_idx), dataset.keys[int(index)].view in held_out_views))
+    mask = np.concatenate(held_out)
+    report: dict[str, object] = {"frames": int(mask.size), "held_out_views": sorted(held_out_views)}
+    for name, label in (("joints", "mpjpe_mm"), ("markers", "marker_error_mm"), ("vertices", "mpve_mm")):
+        values = np.concatenate(errors[name])
+        report[label] = {"all": round(float(values.mean()), 1),
+                         "seen_views": round(float(values[~mask].mean()), 1) if (~mask).any() else None,
+                         "held_out_views": round(float(values[mask].mean()), 1) if mask.any() else None}
+    return report

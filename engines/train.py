@@ -1,10 +1,15 @@
-"""Training GaitBase on silhouette sequences: config, batches, losses, checkpoints with bit-exact resume.
+"""Training GaitBase or Mesh-Gait on silhouette sequences: config, batches, losses, checkpoints with bit-exact resume.
 
 A run is a function of its YAML config: P x K batches of fixed-length random frame sets (OpenGait's
 `TripletSampler` + "fixed_unordered"), triplet + cross-entropy losses, SGD or AdamW with linear warm-up and cosine
-or multi-step decay. Each step's randomness (batch, frames, augmentations) comes from a generator seeded with
-`(seed, step)`, and checkpoints hold model, optimiser, scheduler, grad-scaler and torch RNG states, so
-"N steps" and "N/2 steps, resume, N/2 steps" produce the same losses.
+or multi-step decay. A `branch_3d` section makes the network Mesh-Gait (`engines/gait/meshgait.py`); a `synthetic`
+section adds a second P x K batch per step from the synthetic 3D gait set (`engines/data/synthetic.py`): its
+identities join the identity losses (their labels follow the real ones) and, for Mesh-Gait, its ground truth
+supervises the decoded joints, virtual markers, mesh and their 2D projections.
+
+Each step's randomness (batch, frames, augmentations) comes from a generator seeded with `(seed, step)`, and
+checkpoints hold model, optimiser, scheduler, grad-scaler and torch RNG states, so "N steps" and "N/2 steps,
+resume, N/2 steps" produce the same losses.
 
 Outputs under the run folder: `checkpoints/step_XXXXXXX.pt`, `losses.jsonl` (one JSON object per step: step,
 losses, lr, seconds/step) and `weights.pt` (fp16 release weights) at the end.
@@ -26,16 +31,25 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import yaml
+from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from tqdm import tqdm
 
 from engines.data.augment import AugmentConfig, augment_sequence
 from engines.data.sampling import PKBatchSampler, fixed_frame_indices
-from engines.data.sequences import open_dataset
+from engines.data.sequences import CASIA_B_VIEWS, open_dataset
 from engines.errors import CheckpointError, ConfigFileError, EngineError
 from engines.gait.gaitbase import GaitBase, GaitBaseArchitecture, GaitBaseConfig
 from engines.gait.losses import cross_entropy_loss, triplet_loss
-from engines.gait.weights import CHECKPOINT_FORMAT, atomic_torch_save, read_torch_file, save_weights
+from engines.gait.meshgait import MeshGait, MeshGaitConfig, mesh_losses
+from engines.gait.weights import (
+    CHECKPOINT_FORMAT,
+    atomic_torch_save,
+    build_model,
+    model_kind,
+    read_torch_file,
+    save_weights,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +70,24 @@ class DataSection(_Section):
     augment: AugmentConfig = AugmentConfig()
 
 
+class Branch3DSection(_Section):
+    """Present: the network is Mesh-Gait, with `model` as its 2D branch. Sizes as in `MeshGaitConfig`."""
+
+    depth_bins: int = Field(8, gt=1, description="depth cells of each point's heatmap volume")
+    heatmap_channels: int = Field(32, gt=0, description="width of the heatmap encoder")
+
+
+class SyntheticSection(_Section):
+    """Synthetic sequences with 3D ground truth (`tools/make_synthetic.py`), one extra P x K batch per step."""
+
+    root: Path = Field(description="synthetic dataset folder (holds sils-64x64-bin/, targets/); relative to the config")
+    first_subject: int = Field(1, ge=1, description="first training identity of the synthetic set")
+    last_subject: int = Field(80, ge=1, description="last training identity; later ones are held out for evaluation")
+    exclude_views: tuple[str, ...] = Field(("036", "144"), description="views held out for the 3D evaluation")
+    p: int = Field(4, ge=2, description="synthetic identities per batch")
+    k: int = Field(4, ge=2, description="sequences per synthetic identity per batch")
+
+
 class OptimSection(_Section):
     name: Literal["sgd", "adamw"] = "sgd"
     lr: float = Field(0.1, gt=0, description="peak learning rate, reached at the end of the warm-up")
@@ -74,6 +106,15 @@ class LossSection(_Section):
     ce_weight: float = Field(1.0, ge=0)
     ce_scale: float = Field(16.0, gt=0, description="multiplier of the BNNeck cosine logits")
     label_smoothing: float = Field(0.1, ge=0, lt=1)
+    # 3D losses (Mesh-Gait), L1 in the normalised frame where 1 = half the body's height, so a good fit is O(0.05).
+    # Virtual Markers weighs markers 100 : joints-from-mesh 0.1 : vertices 0.1 on millimetre-scale errors; on our
+    # unit scale we keep markers and joints at 1 and the mesh terms at half, which keeps the identity losses
+    # (O(1)) dominant once the 3D fit has converged.
+    joints_3d: float = Field(1.0, ge=0, description="decoded SMPL joints")
+    markers_3d: float = Field(1.0, ge=0, description="decoded virtual markers")
+    vertices_3d: float = Field(0.5, ge=0, description="mesh vertices interpolated from the markers")
+    joints_from_mesh: float = Field(0.5, ge=0, description="joints regressed from the mesh")
+    reprojection: float = Field(0.5, ge=0, description="image-plane (x, y) of the joints")
 
 
 class RuntimeSection(_Section):
@@ -90,7 +131,9 @@ class TrainConfig(_Section):
     name: str = Field(description="run and model name, e.g. gaitbase-compact-casiab")
     run_dir: Path = Field(description="outputs folder; relative to the config file")
     model: GaitBaseArchitecture
+    branch_3d: Branch3DSection | None = None
     data: DataSection
+    synthetic: SyntheticSection | None = None
     optim: OptimSection
     loss: LossSection = LossSection()
     runtime: RuntimeSection = RuntimeSection()
@@ -101,6 +144,10 @@ class TrainConfig(_Section):
             raise ValueError("data.last_subject must be >= data.first_subject")
         if self.optim.schedule == "multistep" and not self.optim.milestones:
             raise ValueError("optim.milestones must be given when optim.schedule is multistep")
+        if self.branch_3d is not None and self.synthetic is None:
+            raise ValueError("branch_3d (Mesh-Gait) needs a synthetic section: its 3D heads learn from synthetic data")
+        if self.synthetic is not None and self.synthetic.last_subject < self.synthetic.first_subject:
+            raise ValueError("synthetic.last_subject must be >= synthetic.first_subject")
         return self
 
 
@@ -127,10 +174,13 @@ def load_train_config(path: Path) -> TrainConfig:
             problems.append(f"{key}: {message} (got {error.get('input')!r})")
         raise ConfigFileError(f"{path}: " + "; ".join(problems)) from exc
     base = path.resolve().parent
-    return config.model_copy(update={
+    update: dict[str, Any] = {
         "run_dir": base / config.run_dir,
         "data": config.data.model_copy(update={"root": base / config.data.root}),
-    })
+    }
+    if config.synthetic is not None:
+        update["synthetic"] = config.synthetic.model_copy(update={"root": base / config.synthetic.root})
+    return config.model_copy(update=update)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -182,6 +232,17 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return data
 
 
+@dataclass(frozen=True)
+class Batch:
+    """One step's inputs: real sequences first, then synthetic ones (which alone carry 3D targets)."""
+
+    silhouettes: torch.Tensor  # (N, frames, 64, 44) float in [0, 1]
+    labels: torch.Tensor  # (N,) int64; synthetic identities follow the real ones
+    synthetic_from: int  # index of the first synthetic sequence (N when there is none)
+    points: torch.Tensor | None = None  # (N - synthetic_from, frames, joints + markers, 3), normalised frame
+    vertices: torch.Tensor | None = None  # (N - synthetic_from, frames, V, 3)
+
+
 class Trainer:
     """Owns the model, optimiser and data of one run; `run()` trains from the current step to a stop step."""
 
@@ -192,13 +253,32 @@ class Trainer:
         self.device = resolve_device(runtime.device)
         subjects = [f"{i:03d}" for i in range(config.data.first_subject, config.data.last_subject + 1)]
         self.dataset = open_dataset(config.data.root, subjects)
-        subject_ids = sorted({key.subject for key in self.dataset.keys})
-        label_of = {subject: label for label, subject in enumerate(subject_ids)}
-        self.labels = np.asarray([label_of[key.subject] for key in self.dataset.keys], dtype=np.int64)
+        self.labels, num_classes = _labels(self.dataset.keys, offset=0)
         self.sampler = PKBatchSampler(self.labels, config.data.p, config.data.k)
+        self.synthetic = None
+        if config.synthetic is not None:
+            from engines.data.synthetic import SyntheticGaitDataset
+
+            section = config.synthetic
+            synthetic_subjects = [f"{i:03d}" for i in range(section.first_subject, section.last_subject + 1)]
+            views = [view for view in CASIA_B_VIEWS if view not in section.exclude_views]
+            self.synthetic = SyntheticGaitDataset(section.root, synthetic_subjects, views)
+            self.synthetic_labels, synthetic_classes = _labels(self.synthetic.keys, offset=num_classes)
+            self.synthetic_sampler = PKBatchSampler(self.synthetic_labels, section.p, section.k)
+            num_classes += synthetic_classes
         torch.manual_seed(runtime.seed)
-        self.model_config = GaitBaseConfig(**config.model.model_dump(), num_classes=len(subject_ids))
-        self.model = GaitBase(self.model_config).to(self.device)
+        architecture = config.model.model_dump()
+        if config.branch_3d is None:
+            self.model_config: GaitBaseConfig = GaitBaseConfig(**architecture, num_classes=num_classes)
+            self.model: GaitBase | MeshGait = GaitBase(self.model_config)
+        else:
+            assert self.synthetic is not None
+            self.model_config = MeshGaitConfig(**architecture, **config.branch_3d.model_dump(),
+                                               vertices=self.synthetic.num_vertices, num_classes=num_classes)
+            self.model = MeshGait(self.model_config)
+            self.model.set_body_model(torch.from_numpy(self.synthetic.marker_interpolation).float(),
+                                      torch.from_numpy(self.synthetic.joint_regressor).float())
+        self.model = self.model.to(self.device)
         self.memory_format = torch.channels_last if runtime.channels_last else torch.contiguous_format
         self.model = self.model.to(memory_format=self.memory_format)
         optim = config.optim
@@ -212,14 +292,16 @@ class Trainer:
         self.use_cuda_amp = self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_cuda_amp)
         self.step = 0
-        log.info("training name=%s device=%s sequences=%d identities=%d params=%d",
-                 config.name, self.device, len(self.labels), len(subject_ids),
+        log.info("training name=%s model=%s device=%s sequences=%d synthetic_sequences=%d identities=%d params=%d",
+                 config.name, model_kind(self.model), self.device, len(self.labels),
+                 0 if self.synthetic is None else len(self.synthetic.keys), num_classes,
                  sum(p.numel() for p in self.model.parameters()))
 
     def resume(self, path: Path) -> None:
         """Restore every state saved by `save_checkpoint`; the next step is the checkpoint's step."""
         data = load_checkpoint(path)
-        if data["model_config"] != self.model_config.model_dump(mode="json"):
+        if data["model_config"] != self.model_config.model_dump(mode="json") or \
+                data.get("model_kind", "gaitbase") != model_kind(self.model):
             raise CheckpointError(f"{path}: model config differs from the run's config; use a fresh run_dir")
         try:
             self.model.load_state_dict(data["model"])
@@ -241,6 +323,7 @@ class Trainer:
                 "format": CHECKPOINT_FORMAT,
                 "run_name": self.config.name,
                 "step": self.step,
+                "model_kind": model_kind(self.model),
                 "model_config": self.model_config.model_dump(mode="json"),
                 "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
@@ -256,33 +339,67 @@ class Trainer:
             old.unlink()
         return path
 
-    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Step `step`'s batch: silhouettes (P*K, frames, 64, 44) float in [0, 1] and labels (P*K,) int64."""
+    def _sequences(self, dataset: Any, indices: np.ndarray, rng: np.random.Generator,
+                   with_targets: bool) -> tuple[list[np.ndarray], list[Any]]:
+        frames_per_sequence = self.config.data.frames
+        sequences, targets = [], []
+        for index in indices:
+            frame_idx = fixed_frame_indices(dataset.num_frames(int(index)), frames_per_sequence, rng)
+            frames = dataset.frames_at(int(index), frame_idx)
+            sequences.append(augment_sequence(frames, self.config.data.augment, rng))
+            if with_targets:
+                targets.append(dataset.targets_at(int(index), frame_idx))
+        return sequences, targets
+
+    def batch(self, step: int) -> Batch:
+        """Step `step`'s batch: the real P x K sequences, then the synthetic ones with their 3D targets.
+
+        Silhouette augmentations (rotation, erasing) change pixels only; the 3D targets of an augmented synthetic
+        frame are left as they are, a small label noise we accept for the shared augmentation policy.
+        """
         rng = np.random.default_rng([self.config.runtime.seed, step])
         indices = self.sampler.sample(rng)
-        sequences = []
-        for index in indices:
-            frame_idx = fixed_frame_indices(self.dataset.num_frames(int(index)), self.config.data.frames, rng)
-            frames = self.dataset.frames_at(int(index), frame_idx)
-            sequences.append(augment_sequence(frames, self.config.data.augment, rng))
+        sequences, _ = self._sequences(self.dataset, indices, rng, with_targets=False)
+        labels = self.labels[indices]
+        points = vertices = None
+        if self.synthetic is not None:
+            synthetic_indices = self.synthetic_sampler.sample(rng)
+            wants_3d = isinstance(self.model, MeshGait)
+            synthetic, targets = self._sequences(self.synthetic, synthetic_indices, rng, with_targets=wants_3d)
+            sequences += synthetic
+            labels = np.concatenate([labels, self.synthetic_labels[synthetic_indices]])
+            if wants_3d:
+                points = torch.from_numpy(np.stack([t.points for t in targets])).to(self.device)
+                vertices = torch.from_numpy(np.stack([t.vertices for t in targets])).to(self.device)
         silhouettes = torch.from_numpy(np.stack(sequences)).to(self.device).float().div_(255.0)
-        return silhouettes, torch.from_numpy(self.labels[indices]).to(self.device)
+        return Batch(silhouettes=silhouettes, labels=torch.from_numpy(labels).to(self.device),
+                     synthetic_from=len(indices), points=points, vertices=vertices)
 
     def train_step(self) -> dict[str, float]:
         """One optimisation step; returns the logged numbers."""
         started = time.perf_counter()
-        silhouettes, labels = self.batch(self.step)
+        batch = self.batch(self.step)
+        labels = batch.labels
         self.model.train()
         loss_cfg = self.config.loss
         amp_dtype = torch.float16 if self.use_cuda_amp else torch.bfloat16
         amp_enabled = self.use_cuda_amp or (self.device.type == "cpu" and self.config.runtime.cpu_bf16)
         with torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp_enabled):
-            output = self.model(silhouettes)
+            if isinstance(self.model, MeshGait):
+                output = self.model(batch.silhouettes, with_3d=True, decode_3d_for=slice(batch.synthetic_from, None))
+            else:
+                output = self.model(batch.silhouettes)
         if output.logits is None:
             raise EngineError("the model returned no logits; training needs the BNNeck classifier")
         triplet = triplet_loss(output.embeddings, labels, loss_cfg.triplet_margin)
         ce = cross_entropy_loss(output.logits, labels, loss_cfg.ce_scale, loss_cfg.label_smoothing)
         loss = loss_cfg.triplet_weight * triplet.loss + loss_cfg.ce_weight * ce
+        losses_3d: dict[str, torch.Tensor] = {}
+        if batch.points is not None and batch.vertices is not None:
+            losses_3d = mesh_losses(output, batch.points, batch.vertices)
+            weights = {"joints": loss_cfg.joints_3d, "markers": loss_cfg.markers_3d, "vertices": loss_cfg.vertices_3d,
+                       "joints_from_mesh": loss_cfg.joints_from_mesh, "reprojection": loss_cfg.reprojection}
+            loss = loss + sum(weights[name] * value for name, value in losses_3d.items())
         lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -291,7 +408,7 @@ class Trainer:
         self.scheduler.step()
         self.step += 1
         accuracy = (output.logits.detach().float().mean(1).argmax(-1) == labels).float().mean()
-        return {
+        record = {
             "step": self.step,
             "loss": float(loss.detach()),
             "triplet": float(triplet.loss.detach()),
@@ -299,9 +416,10 @@ class Trainer:
             "mean_distance": triplet.mean_distance,
             "ce": float(ce.detach()),
             "ce_accuracy": float(accuracy),
-            "lr": lr,
-            "seconds_per_step": time.perf_counter() - started,
         }
+        record.update({f"l1_{name}": float(value.detach()) for name, value in losses_3d.items()})
+        record.update({"lr": lr, "seconds_per_step": time.perf_counter() - started})
+        return record
 
     def run(self, stop_step: int | None = None, progress: bool = True) -> TrainResult:
         """Train up to `stop_step` (default: optim.total_steps), checkpointing every N steps and at the stop."""
@@ -336,9 +454,17 @@ class Trainer:
         return {
             "step": self.step,
             "train_config": json.loads(self.config.model_dump_json()),
-            "dataset": "CASIA-B (research use only; models trained on it inherit that restriction)",
+            "dataset": "CASIA-B (research use only; models trained on it inherit that restriction)"
+                       + ("" if self.synthetic is None else " + synthetic 3D gait (tools/make_synthetic.py)"),
             "torch": str(torch.__version__),
         }
+
+
+def _labels(keys: list[Any], offset: int) -> tuple[NDArray[np.int64], int]:
+    """Class labels `offset, offset + 1, ...` in subject order for each sequence key, and the number of classes."""
+    subjects = sorted({key.subject for key in keys})
+    label_of = {subject: offset + label for label, subject in enumerate(subjects)}
+    return np.asarray([label_of[key.subject] for key in keys], dtype=np.int64), len(subjects)
 
 
 def _truncate_log(path: Path, step: int) -> None:
@@ -374,13 +500,14 @@ def export_weights(config: TrainConfig, checkpoint: Path | None, out: Path) -> P
     if source is None:
         raise CheckpointError(f"{Path(config.run_dir) / 'checkpoints'}: no checkpoint to export weights from")
     data = load_checkpoint(source)
-    model = GaitBase(GaitBaseConfig.model_validate(data["model_config"]))
+    model = build_model(data.get("model_kind", "gaitbase"), data["model_config"])
     model.load_state_dict(data["model"])
     metadata = {
         "step": int(data["step"]),
         "checkpoint": Path(source).name,
         "train_config": json.loads(config.model_dump_json()),
-        "dataset": "CASIA-B (research use only; models trained on it inherit that restriction)",
+        "dataset": "CASIA-B (research use only; models trained on it inherit that restriction)"
+                   + ("" if config.synthetic is None else " + synthetic 3D gait (tools/make_synthetic.py)"),
         "torch": str(torch.__version__),
     }
     save_weights(model, out, name=config.name, metadata=metadata)

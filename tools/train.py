@@ -26,12 +26,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="do not train: write fp16 release weights from a checkpoint to OUT.pt")
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="with --export-weights: the checkpoint to export (default: the run's newest)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="override runtime.threads (e.g. while another run shares the CPU); resuming may change it")
     parser.add_argument("--print-config", action="store_true", help="print the validated config and exit")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     try:
         config = load_train_config(args.config)
+        if args.threads is not None:
+            config = config.model_copy(update={"runtime": config.runtime.model_copy(update={"threads": args.threads})})
         if args.print_config:
             print(config.model_dump_json(indent=2))
             return 0

@@ -29,7 +29,7 @@ HOW_TO_EXPORT = "python tools/export.py WEIGHTS.pt --out WEIGHTS.onnx"
 
 
 def export_onnx(weights: Path, out: Path, opset: int = DEFAULT_OPSET) -> EncoderInfo:
-    """Write `EmbeddingOnly(GaitBase)` from `weights` (.pt weights or checkpoint) to one self-contained ONNX file.
+    """Write `EmbeddingOnly(network)` from `weights` (.pt weights or checkpoint) to one self-contained ONNX file.
 
     Input `silhouettes` (batch, frames, 64, 44) float32 in [0, 255]; output `embeddings` (batch, P, C) float32.
     """
@@ -37,11 +37,11 @@ def export_onnx(weights: Path, out: Path, opset: int = DEFAULT_OPSET) -> Encoder
     import torch
 
     from engines.gait.gaitbase import EmbeddingOnly
-    from engines.gait.weights import load_gaitbase
+    from engines.gait.weights import load_gait_model
 
     if opset < 17:
         raise EngineError(f"opset {opset} is too old; use 17 or newer")
-    model, weights_info = load_gaitbase(weights)
+    model, weights_info = load_gait_model(weights)
     info = EncoderInfo(name=weights_info["name"], parts=model.config.parts, part_dim=model.config.part_dim,
                        source_sha256=weights_info["sha256"])
     wrapper = EmbeddingOnly(model).eval()

@@ -1,4 +1,4 @@
-"""The torch backend: GaitBase from a weights file or training checkpoint, eval mode, no autograd.
+"""The torch backend: GaitBase or Mesh-Gait from a weights file or training checkpoint, eval mode, no autograd.
 
 Always available (torch is a core dependency), so it is the backend of last resort and the reference the other
 backends are checked against. Must not import `pipeline` or `stages`.
@@ -16,7 +16,7 @@ from numpy.typing import NDArray
 from engines.backends import EncoderInfo
 from engines.errors import BackendUnavailable
 from engines.gait.gaitbase import EmbeddingOnly
-from engines.gait.weights import load_gaitbase
+from engines.gait.weights import load_gait_model
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def torch_device(device: str) -> torch.device:
 
 
 class TorchBackend:
-    """`EmbeddingOnly(GaitBase)` on a torch device."""
+    """`EmbeddingOnly(network)` on a torch device."""
 
     name = "torch"
 
@@ -53,8 +53,8 @@ class TorchBackend:
 
 
 def open_torch(path: Path, device: str = "auto", threads: int | None = None) -> tuple[TorchBackend, EncoderInfo]:
-    """Load weights or a checkpoint (`WeightsNotFound` / `CheckpointError` as `load_gaitbase` raises them)."""
-    model, info = load_gaitbase(path)
+    """Load weights or a checkpoint (`WeightsNotFound` / `CheckpointError` as `load_gait_model` raises them)."""
+    model, info = load_gait_model(path)
     backend = TorchBackend(EmbeddingOnly(model), device, threads)
     return backend, EncoderInfo(name=info["name"], parts=model.config.parts, part_dim=model.config.part_dim,
                                 source_sha256=info["sha256"])

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 NPZ_KEY = re.compile(r"^(?P<condition>[a-z]+-\d+)_(?P<view>\d{3})$")
 CASIA_B_TRAIN_SUBJECTS = tuple(f"{i:03d}" for i in range(1, 75))
 CASIA_B_TEST_SUBJECTS = tuple(f"{i:03d}" for i in range(75, 125))
+CASIA_B_VIEWS = tuple(f"{angle:03d}" for angle in range(0, 181, 18))
 
 
 @dataclass(frozen=True, order=True)

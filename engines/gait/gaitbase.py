@@ -66,13 +66,16 @@ class EncoderOutput:
 
     `embeddings` (N, P, C) float: the identity features the gallery compares (OpenGait: per-part Euclidean distance
     averaged over parts). `logits` (N, P, num_classes) cosine logits in [-1, 1] for the cross-entropy loss, None
-    when the network has no classifier. The 3D fields are Mesh-Gait's and stay None for GaitBase.
+    when the network has no classifier. The 3D fields are Mesh-Gait's decoded points `[N, T, K, 3]` in the normalised
+    frame of `engines/data/synthetic.py`; they stay None for GaitBase and at inference.
     """
 
     embeddings: torch.Tensor
     logits: torch.Tensor | None = None
-    heatmaps_3d: torch.Tensor | None = None
     joints_3d: torch.Tensor | None = None
+    markers_3d: torch.Tensor | None = None
+    vertices_3d: torch.Tensor | None = None
+    joints_from_mesh: torch.Tensor | None = None
 
 
 class GaitBase(nn.Module):
@@ -113,13 +116,14 @@ class GaitBase(nn.Module):
 
 
 class EmbeddingOnly(nn.Module):
-    """Export wrapper: uint8-range input in, only the embeddings out, so nothing else enters the ONNX graph.
+    """Export wrapper (GaitBase or Mesh-Gait): uint8-range input in, only the embeddings out, so nothing else enters
+    the ONNX graph.
 
     `(N, T, 64, 44) float32 in [0, 255] -> (N, P, C) float32`. The /255 lives here so every backend gets the same
     raw input and normalises identically.
     """
 
-    def __init__(self, model: GaitBase) -> None:
+    def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 

@@ -32,20 +32,21 @@ def triplet_loss(embeddings: torch.Tensor, labels: torch.Tensor, margin: float =
 
     embeddings `[n, p, c]`, labels `[n]` int. For each part, the hinge `relu(d(a,p) - d(a,n) + margin)` over all
     triplets is averaged over the non-zero ones only ("batch-all, hard-sample mining"): easy triplets do not dilute
-    the gradient. The loss is then the mean over parts. Computed in float32 even under autocast.
+    the gradient. The loss is then the mean over parts. Computed in float32 even under autocast. Unlike OpenGait's,
+    identities may have different numbers of sequences in the batch (real and synthetic P x K batches mixed), so
+    triplets are selected by mask rather than by reshaping.
     """
     x = embeddings.float().transpose(0, 1)
     dist = pairwise_part_distances(x, x)
-    parts, n, _ = dist.shape
+    parts = dist.shape[0]
     same = labels.unsqueeze(1) == labels.unsqueeze(0)
-    ap = dist[:, same].reshape(parts, n, -1, 1)
-    an = dist[:, ~same].reshape(parts, n, 1, -1)
-    hinge = F.relu(ap - an + margin).reshape(parts, -1)
+    valid = same.unsqueeze(2) & ~same.unsqueeze(1)  # [anchor, positive, negative]
+    hinge = (F.relu(dist.unsqueeze(3) - dist.unsqueeze(2) + margin) * valid).reshape(parts, -1)
     active = (hinge > 0).sum(-1).float()
     per_part = hinge.sum(-1) / active.clamp(min=1.0)
     return TripletStats(
         loss=per_part.mean(),
-        active_fraction=float(active.mean() / hinge.shape[1]),
+        active_fraction=float(active.mean() / valid.sum().clamp(min=1)),
         mean_distance=float(dist.detach().mean()),
     )
 

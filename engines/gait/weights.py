@@ -1,9 +1,10 @@
-"""Reading and writing GaitBase weights: small fp16 release files and full training checkpoints.
+"""Reading and writing gait networks (GaitBase, Mesh-Gait): small fp16 release files and full training checkpoints.
 
-A weights file is a `torch.save`d dict `{"format": "gaitstream-weights", "version": 1, "model": "gaitbase",
-"config": {...}, "metadata": {...}, "state_dict": {name: fp16 tensor}}`; a training checkpoint (`engines/train.py`)
-holds the float32 `model` state plus optimiser state. Both load with `torch.load(weights_only=True)`, which never
-runs code from the file, and `load_gaitbase` accepts either.
+A weights file is a `torch.save`d dict `{"format": "gaitstream-weights", "version": 1, "model": "gaitbase" or
+"meshgait", "config": {...}, "metadata": {...}, "state_dict": {name: fp16 tensor}}`; a training checkpoint
+(`engines/train.py`) holds the float32 `model` state plus optimiser state and the same "model" kind (absent in
+older checkpoints: GaitBase). Both load with `torch.load(weights_only=True)`, which never runs code from the file,
+and `load_gait_model` accepts either.
 
 Must not import `pipeline` or `stages`.
 """
@@ -24,6 +25,7 @@ from pydantic import ValidationError
 from engines.backends import artefact_sha256
 from engines.errors import CheckpointError, WeightsNotFound
 from engines.gait.gaitbase import GaitBase, GaitBaseConfig
+from engines.gait.meshgait import MeshGait, MeshGaitConfig
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,29 @@ HOW_TO_GET = (
     "train one with `python tools/train.py --config configs/train/gaitbase_compact_casiab.yaml` and write it with "
     "`python tools/train.py --config ... --export-weights OUT.pt`"
 )
+
+
+#: Network kind (the files' "model" field) -> class and config class.
+MODEL_KINDS: dict[str, tuple[type[torch.nn.Module], type[GaitBaseConfig]]] = {
+    "gaitbase": (GaitBase, GaitBaseConfig),
+    "meshgait": (MeshGait, MeshGaitConfig),
+}
+
+
+def model_kind(model: torch.nn.Module) -> str:
+    """The "model" field a file records for `model`."""
+    return next(kind for kind, (cls, _) in MODEL_KINDS.items() if type(model) is cls)
+
+
+def build_model(kind: str, config: dict[str, Any]) -> GaitBase | MeshGait:
+    """A fresh network of `kind` from a config dict; `CheckpointError` for an unknown kind or invalid config."""
+    if kind not in MODEL_KINDS:
+        raise CheckpointError(f"unknown gait network {kind!r} (known: {', '.join(MODEL_KINDS)})")
+    cls, config_cls = MODEL_KINDS[kind]
+    try:
+        return cls(config_cls.model_validate(config))
+    except ValidationError as exc:
+        raise CheckpointError(f"invalid {kind} config ({exc.errors()[0]['loc']}: {exc.errors()[0]['msg']})") from exc
 
 
 def read_torch_file(path: Path) -> dict[str, Any]:
@@ -62,7 +87,7 @@ def atomic_torch_save(obj: dict[str, Any], path: Path) -> None:
     os.replace(tmp, path)
 
 
-def save_weights(model: GaitBase, path: Path, *, name: str, metadata: dict[str, Any]) -> None:
+def save_weights(model: GaitBase | MeshGait, path: Path, *, name: str, metadata: dict[str, Any]) -> None:
     """Write a release weights file: fp16 state dict (BN statistics too) + config + JSON-safe metadata."""
     json.dumps(metadata)  # fail here, not in a reader, if the metadata is not JSON
     state = {key: (value.half() if value.is_floating_point() else value).cpu()
@@ -71,7 +96,7 @@ def save_weights(model: GaitBase, path: Path, *, name: str, metadata: dict[str, 
         {
             "format": WEIGHTS_FORMAT,
             "version": 1,
-            "model": "gaitbase",
+            "model": model_kind(model),
             "name": name,
             "config": model.config.model_dump(mode="json"),
             "metadata": metadata,
@@ -82,27 +107,29 @@ def save_weights(model: GaitBase, path: Path, *, name: str, metadata: dict[str, 
     log.info("wrote weights path=%s bytes=%d", path, Path(path).stat().st_size)
 
 
-def load_gaitbase(path: Path) -> tuple[GaitBase, dict[str, Any]]:
-    """A float32 GaitBase in eval mode from a weights file or a training checkpoint, plus the file's info dict.
+def load_gait_model(path: Path) -> tuple[GaitBase | MeshGait, dict[str, Any]]:
+    """A float32 GaitBase or Mesh-Gait in eval mode from a weights file or a training checkpoint, plus an info dict.
 
-    The info dict has `name` (e.g. "gaitbase-compact-casiab@3f2a9c1d"), `config`, `metadata`, `sha256`.
+    The info dict has `name` (e.g. "gaitbase-compact-casiab@3f2a9c1d"), `kind`, `config`, `metadata`, `sha256`.
     """
     path = Path(path)
     data = read_torch_file(path)
+    is_weights = data["format"] == WEIGHTS_FORMAT
+    kind = data.get("model", "gaitbase") if is_weights else data.get("model_kind", "gaitbase")
     try:
-        config = GaitBaseConfig.model_validate(data["config"] if "config" in data else data["model_config"])
-        state = data["state_dict"] if data["format"] == WEIGHTS_FORMAT else data["model"]
-        model = GaitBase(config)
+        model = build_model(kind, data["config"] if is_weights else data["model_config"])
+        state = data["state_dict"] if is_weights else data["model"]
         model.load_state_dict({key: value.float() if value.is_floating_point() else value
                                for key, value in state.items()})
-    except (KeyError, ValidationError, RuntimeError) as exc:
-        raise CheckpointError(f"{path}: does not hold a GaitBase model ({type(exc).__name__}: {exc})") from exc
+    except (KeyError, CheckpointError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: does not hold a {kind} model ({type(exc).__name__}: {exc})") from exc
     model.eval()
     sha = artefact_sha256(path)
     base_name = data.get("name") or data.get("run_name") or path.stem
     info = {
         "name": f"{base_name}@{sha[:8]}",
-        "config": config.model_dump(mode="json"),
+        "kind": kind,
+        "config": model.config.model_dump(mode="json"),
         "metadata": data.get("metadata", {"step": data.get("step")}),
         "sha256": sha,
     }

@@ -17,18 +17,22 @@ from engines.backends.onnxruntime_backend import check_dynamic_axes
 from engines.backends.parity import MIN_COSINE, compare_encoders, cosine_rows
 from engines.errors import EngineError
 from engines.gait.encoder import open_encoder
-from engines.gait.gaitbase import GaitBase, GaitBaseConfig
-from engines.gait.weights import save_weights
+from engines.gait.weights import build_model, save_weights
 from tools import export as export_tool
 
+TINY = {"channels": (4, 8, 8, 16), "part_dim": 8, "num_classes": 4}
+TINY_3D = {"vertices": 40, "depth_bins": 4, "heatmap_channels": 8}
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory, casia_b: Path) -> tuple[Path, Path, int, str]:
-    """Run `tools/export.py` once: (weights, onnx, exit code, stdout)."""
-    folder = tmp_path_factory.mktemp("export")
+
+@pytest.fixture(scope="module", params=["gaitbase", "meshgait"])
+def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+             casia_b: Path) -> tuple[Path, Path, int, str]:
+    """Run `tools/export.py` once per network (GaitBase, Mesh-Gait): (weights, onnx, exit code, stdout)."""
+    kind = request.param
+    folder = tmp_path_factory.mktemp(f"export-{kind}")
     torch.manual_seed(0)
-    save_weights(GaitBase(GaitBaseConfig(channels=(4, 8, 8, 16), part_dim=8, num_classes=4)), folder / "w.pt",
-                 name="gaitbase-tiny", metadata={})
+    model = build_model(kind, {**TINY, **(TINY_3D if kind == "meshgait" else {})})
+    save_weights(model, folder / "w.pt", name=f"{kind}-tiny", metadata={})
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
         code = export_tool.main([str(folder / "w.pt"), "--out", str(folder / "w.onnx"), "--threads", "1",
@@ -54,7 +58,7 @@ def test_graph_axes_are_dynamic_and_identity_recorded(exported: tuple[Path, Path
     assert [d.dim_value for d in dims[2:]] == [64, 44]
     meta = {p.key: p.value for p in model.metadata_props}
     assert meta[META_SOURCE_SHA256] == artefact_sha256(weights)
-    assert meta[META_NAME] == f"gaitbase-tiny@{artefact_sha256(weights)[:8]}"
+    assert meta[META_NAME].endswith(f"-tiny@{artefact_sha256(weights)[:8]}")
     dims[1].dim_value = 30  # what a legacy trace with the example's length would have written
     with pytest.raises(EngineError, match="frames"):
         check_dynamic_axes(model)

@@ -12,7 +12,7 @@ import yaml
 
 from engines.errors import CheckpointError, DatasetError
 from engines.gait.gaitbase import GaitBase, GaitBaseConfig
-from engines.gait.weights import load_gaitbase, save_weights
+from engines.gait.weights import load_gait_model, save_weights
 from engines.train import (
     OptimSection,
     TrainConfig,
@@ -64,7 +64,7 @@ def test_two_steps_resume_two_steps_equals_four_steps(tmp_path: Path, dataset: P
     a = load_checkpoint(latest_checkpoint(straight.run_dir))["model"]
     b = load_checkpoint(latest_checkpoint(resumed.run_dir))["model"]
     assert all(torch.equal(a[name], b[name]) for name in a)
-    model, info = load_gaitbase(latest_checkpoint(resumed.run_dir))
+    model, info = load_gait_model(latest_checkpoint(resumed.run_dir))
     assert info["name"].startswith("gaitbase-tiny-test@") and model.config.parts == 16
 
 
@@ -72,7 +72,7 @@ def test_weights_written_at_the_end_of_training_load(tmp_path: Path, dataset: Pa
     """The release weights must load with `weights_only=True` (their metadata must hold plain types only)."""
     config = tiny_config(tmp_path, dataset).model_copy(update={"optim": OptimSection(lr=0.05, total_steps=1)})
     result = train(config, progress=False)
-    model, info = load_gaitbase(result.weights)
+    model, info = load_gait_model(result.weights)
     assert info["name"].startswith("gaitbase-tiny-test@") and model.config.parts == 16
 
 
