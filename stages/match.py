@@ -32,7 +32,7 @@ class MatchConfig(StageConfig):
     gallery: ConfigPath | None = Field(None, 
                                       description="SQLite gallery; default $GAITSTREAM_GALLERY or ./gallery.sqlite")
     accept_distance: float = Field(
-        0.25, gt=0, lt=2, description="largest part-averaged cosine distance accepted as a match (calibrated)"
+        0.40, gt=0, lt=2, description="largest part-averaged cosine distance accepted as a match (calibrated)"
     )
     top_k: int = Field(3, ge=1, description="candidates reported with each decision")
     vote_windows: int = Field(5, ge=1, description="recent window decisions a track's label is voted from")

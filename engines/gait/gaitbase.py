@@ -2,8 +2,12 @@
 
 Silhouettes `[n, s, 64, 44]` float in [0, 1] -> ResNet9 on every frame (`SetBlockWrapper`) -> temporal max pooling
 -> horizontal pyramid pooling (16 strips) -> separate FCs (the embeddings) -> separate BNNecks (the logits).
-As in OpenGait's `Baseline`, the triplet loss and the gallery use the separate-FC output; the cross-entropy loss
-uses the BNNeck logits. `backbone_features` and `head` are separate so Mesh-Gait can reuse the 2D branch.
+As in OpenGait's `Baseline`, the triplet loss uses the separate-FC output and the cross-entropy loss the BNNeck
+logits. For inference we take the BNNeck's batch-normalised features instead (`inference_embeddings`), as the
+BNNeck paper (Luo et al. 2019) recommends for cosine matching: the separate-FC output carries a large direction
+common to everyone, which squeezes cosine distances (our compact model: genuine 0.003 vs impostor 0.009 on
+CASIA-B, EER 12 %); after the BN the same embeddings spread over [0, 1] (EER 8 %, part-cosine Rank-1 85.6 -> 89.2)
+while OpenGait's Euclidean protocol scores the same (NM 88.8 either way). Measured with `tools/eval.py --open-set`. `backbone_features` and `head` are separate so Mesh-Gait can reuse the 2D branch.
 
 Must not import `pipeline` or `stages`.
 """
@@ -64,14 +68,15 @@ class GaitBaseConfig(GaitBaseArchitecture):
 class EncoderOutput:
     """What a gait network returns.
 
-    `embeddings` (N, P, C) float: the identity features the gallery compares (OpenGait: per-part Euclidean distance
-    averaged over parts). `logits` (N, P, num_classes) cosine logits in [-1, 1] for the cross-entropy loss, None
+    `embeddings` (N, P, C) float: the separate-FC features the triplet loss shapes; `inference_embeddings` the same
+    after the BNNeck's BatchNorm, which the gallery and the evaluation compare (per-part distances averaged). `logits` (N, P, num_classes) cosine logits in [-1, 1] for the cross-entropy loss, None
     when the network has no classifier. The 3D fields are Mesh-Gait's decoded points `[N, T, K, 3]` in the normalised
     frame of `engines/data/synthetic.py`; they stay None for GaitBase and at inference.
     """
 
     embeddings: torch.Tensor
     logits: torch.Tensor | None = None
+    inference_embeddings: torch.Tensor | None = None
     joints_3d: torch.Tensor | None = None
     markers_3d: torch.Tensor | None = None
     vertices_3d: torch.Tensor | None = None
@@ -105,11 +110,11 @@ class GaitBase(nn.Module):
         return self.backbone(silhouettes.unsqueeze(1))
 
     def head(self, features: torch.Tensor) -> EncoderOutput:
-        """Frame feature maps `[n, c, s, h, w]` -> embeddings `[n, p, part_dim]` and BNNeck logits."""
+        """Frame feature maps `[n, c, s, h, w]` -> embeddings `[n, p, part_dim]`, BNNeck features and logits."""
         parts = self.horizontal_pooling(self.temporal_pooling(features))
         embeddings = self.separate_fcs(parts)
-        _, logits = self.bn_necks(embeddings)
-        return EncoderOutput(embeddings=embeddings, logits=logits)
+        bn_features, logits = self.bn_necks(embeddings)
+        return EncoderOutput(embeddings=embeddings, logits=logits, inference_embeddings=bn_features)
 
     def forward(self, silhouettes: torch.Tensor) -> EncoderOutput:
         return self.head(self.backbone_features(silhouettes))
@@ -128,4 +133,4 @@ class EmbeddingOnly(nn.Module):
         self.model = model
 
     def forward(self, silhouettes: torch.Tensor) -> torch.Tensor:
-        return self.model(silhouettes / 255.0).embeddings
+        return self.model(silhouettes / 255.0).inference_embeddings

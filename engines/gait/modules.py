@@ -124,8 +124,9 @@ class SeparateFCs(nn.Module):
 class SeparateBNNecks(nn.Module):
     """BNNeck (Luo et al. 2019) per part: BatchNorm over all part channels, then cosine logits per part.
 
-    `[n, p, c] -> (features [n, p, c] L2-normalised after BN, logits [n, p, class_num])`. The logits are cosines in
-    [-1, 1] (OpenGait `norm=True`); the cross-entropy loss scales them.
+    `[n, p, c] -> (features [n, p, c] after the BatchNorm, logits [n, p, class_num])`. The logits are cosines in
+    [-1, 1] between the L2-normalised features and class weights (OpenGait `norm=True`); the cross-entropy loss
+    scales them. The batch-normalised features are what inference compares (see `gaitbase.py`).
     """
 
     def __init__(self, parts_num: int, in_channels: int, class_num: int) -> None:
@@ -136,6 +137,6 @@ class SeparateBNNecks(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n, p, c = x.shape
         feature = self.bn1d(x.reshape(n, p * c)).reshape(n, p, c)
-        feature = F.normalize(feature, dim=-1)
-        logits = feature.transpose(0, 1).matmul(F.normalize(self.fc_bin, dim=1)).transpose(0, 1)
+        normalised = F.normalize(feature, dim=-1)
+        logits = normalised.transpose(0, 1).matmul(F.normalize(self.fc_bin, dim=1)).transpose(0, 1)
         return feature, logits.contiguous()

@@ -5,8 +5,9 @@ the clip's native frame rate, on repeat, one source process per stream, oldest f
 behind). For each N the real multi-process pipeline runs (default config, outputs written, no display) until every
 stream has opened, `--warmup-s` more, then `--seconds` measured, and is stopped as Ctrl-C would. Per N:
 
-- per stream: frames delivered into the chain per second against the native rate (`fps_ratio`), frames dropped by
-  the live queue, from the source process's counters over the measured window;
+- per stream: frames delivered into the chain per second against the target rate (`fps_ratio`; the native rate, or
+  `stages.source.fps_limit` when set lower), frames dropped by the live queue, from the source process's counters
+  over the measured window;
 - capture-to-sink latency (ms, capture to outputs written): the sink's newest-frame latency, sampled every
   heartbeat (`--sample-s`) over the window, all streams pooled; p50/p95/p99/max;
 - queue depth: the most messages any process held unacknowledged on its output edge (bounded by the edge window
@@ -197,15 +198,18 @@ def measure_n(args: argparse.Namespace, n: int, native_fps: float, out: Path) ->
 
 def run(args: argparse.Namespace) -> dict:
     _, native_fps = probe_video(str(args.source))
+    probe_config = looped_config(args, [{"uri": str(args.source), "id": "cam0"}], Path("."), "live")
+    fps_limit = probe_config.stages.source.fps_limit
+    target_fps = min(native_fps, fps_limit or native_fps)  # a camera capped by stages.source.fps_limit
     per_n = []
     with tempfile.TemporaryDirectory(prefix="gaitstream-bench-streams-") as tmp:
         for n in range(1, args.max_streams + 1):
-            per_n.append(measure_n(args, n, native_fps, Path(tmp)))
+            per_n.append(measure_n(args, n, target_fps, Path(tmp)))
             if not per_n[-1]["realtime"]:
                 break
     realtime = [entry["streams"] for entry in per_n if entry["realtime"]]
     return {
-        "clip": str(args.source), "native_fps": round(native_fps, 2),
+        "clip": str(args.source), "native_fps": round(native_fps, 2), "target_fps": round(target_fps, 2),
         "mode": "live: the clip looped at its native rate, one source process per stream",
         "seconds_per_n": args.seconds, "warmup_s": args.warmup_s, "min_fps_ratio": args.min_fps_ratio,
         "per_n": per_n,
