@@ -92,6 +92,9 @@ class RuntimeConfig(StrictModel):
     run_dir: ConfigPath | None = Field(None, description="folder for ipc sockets; default a fresh temp folder")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     progress: bool = Field(True, description="progress bar for batch runs (on terminals)")
+    heap_trim_interval_s: float = Field(
+        5.0, ge=0, description="return freed memory to the OS this often (glibc malloc_trim), RSS stays flat; 0: never"
+    )
 
 
 def _format_location(loc: Sequence[Any]) -> str:

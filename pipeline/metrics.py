@@ -74,6 +74,7 @@ class ProcessMetrics:
         fps = (frames_out - self._last_frames_out) / elapsed
         self._last_snapshot_s, self._last_frames_out = now, frames_out
         memory = self._psutil.memory_info()
+        cpu = self._psutil.cpu_times()
         return {
             "process": self.process,
             "uptime_s": now - self._started_s,
@@ -82,6 +83,7 @@ class ProcessMetrics:
             "gauges": dict(self.gauges),
             "latency_ms": {name: percentiles_ms(samples) for name, samples in self.latencies.items()},
             "cpu_percent": self._psutil.cpu_percent(None),
+            "cpu_s": cpu.user + cpu.system,  # since the process started, all its threads
             "rss_mb": memory.rss / 2**20,
         }
 
@@ -124,6 +126,7 @@ class MetricsBoard:
                 "gauges": latest.get("gauges", {}),
                 "latency_ms": latest.get("latency_ms", {}),
                 "cpu_percent": latest.get("cpu_percent", 0.0),
+                "cpu_s": latest.get("cpu_s", 0.0),
                 "rss_mb": latest.get("rss_mb", 0.0),
                 "fps": latest.get("fps", 0.0),
                 "restarts": self.restarts.get(name, 0),
@@ -137,6 +140,7 @@ class MetricsBoard:
             yield f"gaitstream_restarts_total{{{label}}} {data['restarts']}"
             yield f"gaitstream_fps{{{label}}} {data['fps']:.3f}"
             yield f"gaitstream_cpu_percent{{{label}}} {data['cpu_percent']:.1f}"
+            yield f"gaitstream_cpu_seconds_total{{{label}}} {data['cpu_s']:.2f}"
             yield f"gaitstream_rss_bytes{{{label}}} {int(data['rss_mb'] * 2**20)}"
             for kind in ("counters", "gauges"):
                 for key, value in data[kind].items():

@@ -218,6 +218,27 @@ def die_with_parent(process: str) -> None:
         log.debug("prctl unavailable; orphan protection relies on the supervisor")
 
 
+def heap_trimmer() -> Callable[[], None]:
+    """glibc's `malloc_trim(0)`, or a no-op where the C library has none (musl, macOS).
+
+    A stage that frees large buffers of varying size from several threads (frames, masks, activations) leaves the
+    freed memory in glibc's arenas, so its RSS creeps up without a leak (10-minute soak: detect_track +12 %).
+    Trimming every few seconds returns it to the operating system (the remedy Dask applies to its workers): the
+    detector alone over 2,800 frames of varying batch size stayed at 1.31-1.32 GB trimmed, 1.47-1.52 GB not. A trim
+    takes about 4 ms there (11 ms p95).
+    """
+    try:
+        trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return lambda: None
+    trim.argtypes = [ctypes.c_size_t]
+
+    def trim_heap() -> None:
+        trim(0)
+
+    return trim_heap
+
+
 class _Base:
     """What both runners share: sockets to the supervisor, heartbeats, stop handling."""
 
@@ -240,6 +261,8 @@ class _Base:
         self.stage = spec.stage_cls(spec.config, self.context)
         self.stop_requested = False
         self.next_heartbeat_s = 0.0
+        self.trim_heap = heap_trimmer() if spec.runtime.heap_trim_interval_s else (lambda: None)
+        self.next_heap_trim_s = time.monotonic() + spec.runtime.heap_trim_interval_s
         self.sender: EdgeSender | None = None
         if spec.output is not None:
             out = spec.output
@@ -272,6 +295,9 @@ class _Base:
             if self.sender is not None:
                 self.metrics.set("backlog", self.sender.backlog)
                 self.metrics.set("resent_total", self.sender.resends)
+            if now >= self.next_heap_trim_s:  # a trim costs ~5 ms and re-faulting what it released: not too often
+                self.next_heap_trim_s = now + self.runtime.heap_trim_interval_s
+                self.trim_heap()
             snapshot = self.metrics.snapshot()
             snapshot.update(self.heartbeat_extra())
             self.send_control(Heartbeat(self.spec.process, snapshot))

@@ -316,7 +316,8 @@ class Supervisor:
         elif report.event == "input_failed":
             self.skipped[report.data.get("uri", stream)] = report.detail
         elif report.event == "stream_opened":
-            self.streams.setdefault(stream, {}).update(report.data, uri=report.detail, opened_at=time.monotonic())
+            self.streams.setdefault(stream, {}).update(report.data, uri=report.detail,
+                                                       opened_at_s=round(time.monotonic(), 3))
             total = report.data.get("frame_count") or 0
             self._progress_total += int(total)
             if self._progress is not None:
@@ -329,8 +330,9 @@ class Supervisor:
         elif report.event == "stream_finished":
             entry = self.streams.setdefault(stream, {})
             entry.update(finished=True, frames=report.data.get("frames"), end_reason=report.data.get("reason"))
-            if "opened_at" in entry:  # first frame read to last frame out of the sink, start-up excluded
-                entry["processing_s"] = round(time.monotonic() - entry.pop("opened_at"), 3)
+            if "opened_at_s" in entry:  # first frame read to last frame out of the sink, start-up excluded
+                entry["finished_at_s"] = round(time.monotonic(), 3)  # monotonic clock: spans across streams
+                entry["processing_s"] = round(entry["finished_at_s"] - entry["opened_at_s"], 3)
             if report.detail:
                 entry["detail"] = report.detail
         elif report.event == "drained":

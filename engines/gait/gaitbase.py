@@ -7,7 +7,8 @@ logits. For inference we take the BNNeck's batch-normalised features instead (`i
 BNNeck paper (Luo et al. 2019) recommends for cosine matching: the separate-FC output carries a large direction
 common to everyone, which squeezes cosine distances (our compact model: genuine 0.003 vs impostor 0.009 on
 CASIA-B, EER 12 %); after the BN the same embeddings spread over [0, 1] (EER 8 %, part-cosine Rank-1 85.6 -> 89.2)
-while OpenGait's Euclidean protocol scores the same (NM 88.8 either way). Measured with `tools/eval.py --open-set`. `backbone_features` and `head` are separate so Mesh-Gait can reuse the 2D branch.
+while OpenGait's Euclidean protocol scores the same (NM 88.8 either way). Measured with `tools/eval.py --open-set`.
+`backbone_features` and `head` are separate so Mesh-Gait can reuse the 2D branch.
 
 Must not import `pipeline` or `stages`.
 """
@@ -69,8 +70,9 @@ class EncoderOutput:
     """What a gait network returns.
 
     `embeddings` (N, P, C) float: the separate-FC features the triplet loss shapes; `inference_embeddings` the same
-    after the BNNeck's BatchNorm, which the gallery and the evaluation compare (per-part distances averaged). `logits` (N, P, num_classes) cosine logits in [-1, 1] for the cross-entropy loss, None
-    when the network has no classifier. The 3D fields are Mesh-Gait's decoded points `[N, T, K, 3]` in the normalised
+    after the BNNeck's BatchNorm, which the gallery and the evaluation compare (per-part distances averaged).
+    `logits` (N, P, num_classes): cosine logits in [-1, 1] for the cross-entropy loss, None when the network has no
+    classifier. The 3D fields are Mesh-Gait's decoded points `[N, T, K, 3]` in the normalised
     frame of `engines/data/synthetic.py`; they stay None for GaitBase and at inference.
     """
 
