@@ -315,3 +315,33 @@ def reconstruction_errors(model: torch.nn.Module, dataset: SyntheticGaitDataset,
                          "seen_views": round(float(values[~mask].mean()), 1) if (~mask).any() else None,
                          "held_out_views": round(float(values[mask].mean()), 1) if mask.any() else None}
     return report
+
+
+def mean_pose_mpjpe(train: SyntheticGaitDataset, test: SyntheticGaitDataset, joints: int = 24,
+                    sample: int = 600, seed: int = 0) -> float:
+    """The floor a 3D branch must beat, in mm: MPJPE of predicting every test frame as its view's mean pose.
+
+    Walking poses vary little, so one constant root-relative pose per view (averaged over `sample` training
+    sequences of every view, metric as in `reconstruction_errors`) is already a fair guess; a branch that does not
+    beat it has not learnt to read the pose from the silhouettes.
+    """
+    from engines.data.synthetic import to_metric_root_relative
+
+    def metric_joints(dataset: SyntheticGaitDataset, index: int) -> NDArray[np.float64]:
+        truth = dataset.targets_at(index, np.arange(dataset.num_frames(index)))
+        return to_metric_root_relative(truth.points[:, :joints], truth.half_extent_m)
+
+    sums: dict[str, NDArray[np.float64]] = {}
+    counts: dict[str, int] = {}
+    rng = np.random.default_rng(seed)
+    for index in rng.choice(len(train.keys), min(sample, len(train.keys)), replace=False).tolist():
+        view, points = train.keys[index].view, metric_joints(train, index)
+        sums[view] = sums.get(view, 0.0) + points.sum(0)
+        counts[view] = counts.get(view, 0) + len(points)
+    fallback = sum(sums.values()) / sum(counts.values())
+    errors = [
+        1000.0 * np.linalg.norm(points - (sums[view] / counts[view] if view in sums else fallback), axis=-1).mean()
+        for index in range(len(test.keys))
+        for view, points in [(test.keys[index].view, metric_joints(test, index))]
+    ]
+    return round(float(np.mean(errors)), 1)

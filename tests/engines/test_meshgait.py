@@ -128,7 +128,8 @@ def test_weights_run_through_the_encoder_and_the_3d_evaluation(trained: Path, sy
     assert report["held_out_views"] == ["036", "144"]
     for key in ("mpjpe_mm", "marker_error_mm", "mpve_mm"):
         assert math.isfinite(report[key]["all"]) and 1.0 < report[key]["all"] < 2000.0, report[key]
-    assert "MPJPE (24 joints)" in stdout.getvalue()
+    assert 1.0 < report["baseline_mean_pose_per_view_mpjpe_mm"] < report["mpjpe_mm"]["all"]  # untrained: worse
+    assert "MPJPE (24 joints)" in stdout.getvalue() and "mean training pose" in stdout.getvalue()
 
 
 def test_3d_evaluation_of_a_gaitbase_is_a_clear_error(synthetic_root: Path, tmp_path: Path) -> None:
