@@ -286,6 +286,7 @@ def reconstruction_errors(model: torch.nn.Module, dataset: SyntheticGaitDataset,
 
     joints = model.config.joints
     errors: dict[str, list[NDArray[np.float64]]] = {"joints": [], "markers": [], "vertices": []}
+    motion: dict[str, list[float]] = {"predicted": [], "truth": []}  # mean distance of a joint from its own mean
     held_out: list[NDArray[np.bool_]] = []
     model.eval()
     for index in tqdm(indices, disable=not progress, unit="seq", dynamic_ncols=True):
@@ -306,9 +307,13 @@ def reconstruction_errors(model: torch.nn.Module, dataset: SyntheticGaitDataset,
             true = to_metric_root_relative(np.concatenate([pelvis_expected, expected[name]], 1),
                                            truth.half_extent_m)[:, 1:]
             errors[name].append(1000.0 * np.linalg.norm(guess - true, axis=-1).mean(-1))
+            if name == "joints":
+                for key, points in (("predicted", guess), ("truth", true)):
+                    motion[key].append(1000.0 * np.linalg.norm(points - points.mean(0), axis=-1).mean())
         held_out.append(np.full(len(frame_idx), dataset.keys[int(index)].view in held_out_views))
     mask = np.concatenate(held_out)
-    report: dict[str, object] = {"frames": int(mask.size), "held_out_views": sorted(held_out_views)}
+    report: dict[str, object] = {"frames": int(mask.size), "held_out_views": sorted(held_out_views),
+                                 "joint_motion_mm": {k: round(float(np.mean(v)), 1) for k, v in motion.items()}}
     for name, label in (("joints", "mpjpe_mm"), ("markers", "marker_error_mm"), ("vertices", "mpve_mm")):
         values = np.concatenate(errors[name])
         report[label] = {"all": round(float(values.mean()), 1),

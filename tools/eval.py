@@ -101,6 +101,8 @@ def evaluate_reconstruction(args: argparse.Namespace) -> int:
                                                                                  "held_out_views")]
         print(f"{label:<22}{cells[0]:>8}{cells[1]:>12}{cells[2]:>16}")
     print(f"baseline, each view's mean training pose: MPJPE {baseline:.1f} (engines.evaluation.mean_pose_mpjpe)")
+    motion = report["joint_motion_mm"]
+    print(f"joint motion about its sequence mean: predicted {motion['predicted']:.1f}, true {motion['truth']:.1f}")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")

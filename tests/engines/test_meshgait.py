@@ -129,6 +129,7 @@ def test_weights_run_through_the_encoder_and_the_3d_evaluation(trained: Path, sy
     for key in ("mpjpe_mm", "marker_error_mm", "mpve_mm"):
         assert math.isfinite(report[key]["all"]) and 1.0 < report[key]["all"] < 2000.0, report[key]
     assert 1.0 < report["baseline_mean_pose_per_view_mpjpe_mm"] < report["mpjpe_mm"]["all"]  # untrained: worse
+    assert report["joint_motion_mm"]["truth"] > 10.0 and report["joint_motion_mm"]["predicted"] >= 0.0
     assert "MPJPE (24 joints)" in stdout.getvalue() and "mean training pose" in stdout.getvalue()
 
 
