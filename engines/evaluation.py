@@ -272,13 +272,17 @@ def format_rank1_table(rank1: dict[str, ProbeSetResult]) -> str:
 
 def reconstruction_errors(model: torch.nn.Module, dataset: SyntheticGaitDataset, indices: Sequence[int],
                           held_out_views: Sequence[str] = (), max_frames: int | None = None,
-                          progress: bool = True) -> dict[str, object]:
+                          progress: bool = True,
+                          baseline_poses: dict[str, NDArray[np.float64]] | None = None) -> dict[str, object]:
     """Mesh-Gait's 3D reconstruction on synthetic sequences with ground truth, in millimetres.
 
     Per frame: MPJPE over the 24 joints, the mean error of the 64 virtual markers, and the mean per-vertex error
     (MPVE) of the mesh interpolated from the markers. Both prediction and truth are made root-relative (pelvis) and
     metric with the ground truth's scale (`to_metric_root_relative`): silhouettes carry no absolute scale, so none is
     predicted. Reported over all frames, and split into views seen in training and `held_out_views`.
+    `joint_motion_mm` says whether the walk itself is read: a joint's mean distance from its own position averaged
+    over the sequence, predicted against true (a branch that outputs one static pose scores 0). With
+    `baseline_poses` (`view_mean_poses`), the MPJPE of predicting each view's mean pose on the same frames.
     """
     import torch
 
@@ -287,6 +291,8 @@ def reconstruction_errors(model: torch.nn.Module, dataset: SyntheticGaitDataset,
     joints = model.config.joints
     errors: dict[str, list[NDArray[np.float64]]] = {"joints": [], "markers": [], "vertices": []}
     motion: dict[str, list[float]] = {"predicted": [], "truth": []}  # mean distance of a joint from its own mean
+    baseline: list[NDArray[np.float64]] = []
+    fallback = None if not baseline_poses else np.mean(list(baseline_poses.values()), axis=0)
     held_out: list[NDArray[np.bool_]] = []
     model.eval()
     for index in tqdm(indices, disable=not progress, unit="seq", dynamic_ncols=True):
@@ -295,6 +301,7 @@ def reconstruction_errors(model: torch.nn.Module, dataset: SyntheticGaitDataset,
         with torch.inference_mode():
             output = model(silhouettes, with_3d=True)
         truth = dataset.targets_at(int(index), frame_idx)
+        view = dataset.keys[int(index)].view
         predicted = {"joints": output.joints_3d[0], "markers": output.markers_3d[0],
                      "vertices": output.vertices_3d[0]}
         expected = {"joints": truth.points[:, :joints], "markers": truth.points[:, joints:],
@@ -310,7 +317,10 @@ def reconstruction_errors(model: torch.nn.Module, dataset: SyntheticGaitDataset,
             if name == "joints":
                 for key, points in (("predicted", guess), ("truth", true)):
                     motion[key].append(1000.0 * np.linalg.norm(points - points.mean(0), axis=-1).mean())
-        held_out.append(np.full(len(frame_idx), dataset.keys[int(index)].view in held_out_views))
+                if baseline_poses:
+                    pose = baseline_poses.get(view, fallback)
+                    baseline.append(1000.0 * np.linalg.norm(true - pose, axis=-1).mean(-1))
+        held_out.append(np.full(len(frame_idx), view in held_out_views))
     mask = np.concatenate(held_out)
     report: dict[str, object] = {"frames": int(mask.size), "held_out_views": sorted(held_out_views),
                                  "joint_motion_mm": {k: round(float(np.mean(v)), 1) for k, v in motion.items()}}
@@ -319,34 +329,27 @@ def reconstruction_errors(model: torch.nn.Module, dataset: SyntheticGaitDataset,
         report[label] = {"all": round(float(values.mean()), 1),
                          "seen_views": round(float(values[~mask].mean()), 1) if (~mask).any() else None,
                          "held_out_views": round(float(values[mask].mean()), 1) if mask.any() else None}
+    if baseline_poses:
+        report["baseline_mean_pose_per_view_mpjpe_mm"] = round(float(np.concatenate(baseline).mean()), 1)
     return report
 
 
-def mean_pose_mpjpe(train: SyntheticGaitDataset, test: SyntheticGaitDataset, joints: int = 24,
-                    sample: int = 600, seed: int = 0) -> float:
-    """The floor a 3D branch must beat, in mm: MPJPE of predicting every test frame as its view's mean pose.
+def view_mean_poses(train: SyntheticGaitDataset, joints: int = 24, sample: int = 600,
+                    seed: int = 0) -> dict[str, NDArray[np.float64]]:
+    """Each view's mean root-relative metric pose (joints, 3) over `sample` training sequences: the 3D floor.
 
-    Walking poses vary little, so one constant root-relative pose per view (averaged over `sample` training
-    sequences of every view, metric as in `reconstruction_errors`) is already a fair guess; a branch that does not
-    beat it has not learnt to read the pose from the silhouettes.
+    Walking poses vary little, so one constant pose per view is already a fair guess; a 3D branch that does not
+    beat it (`reconstruction_errors(..., baseline_poses=...)`) has not learnt to read the pose from the silhouettes.
     """
     from engines.data.synthetic import to_metric_root_relative
-
-    def metric_joints(dataset: SyntheticGaitDataset, index: int) -> NDArray[np.float64]:
-        truth = dataset.targets_at(index, np.arange(dataset.num_frames(index)))
-        return to_metric_root_relative(truth.points[:, :joints], truth.half_extent_m)
 
     sums: dict[str, NDArray[np.float64]] = {}
     counts: dict[str, int] = {}
     rng = np.random.default_rng(seed)
     for index in rng.choice(len(train.keys), min(sample, len(train.keys)), replace=False).tolist():
-        view, points = train.keys[index].view, metric_joints(train, index)
+        truth = train.targets_at(index, np.arange(train.num_frames(index)))
+        points = to_metric_root_relative(truth.points[:, :joints], truth.half_extent_m)
+        view = train.keys[index].view
         sums[view] = sums.get(view, 0.0) + points.sum(0)
         counts[view] = counts.get(view, 0) + len(points)
-    fallback = sum(sums.values()) / sum(counts.values())
-    errors = [
-        1000.0 * np.linalg.norm(points - (sums[view] / counts[view] if view in sums else fallback), axis=-1).mean()
-        for index in range(len(test.keys))
-        for view, points in [(test.keys[index].view, metric_joints(test, index))]
-    ]
-    return round(float(np.mean(errors)), 1)
+    return {view: sums[view] / counts[view] for view in sums}

@@ -67,7 +67,7 @@ def load_embeddings(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
 def evaluate_reconstruction(args: argparse.Namespace) -> int:
     """`--synthetic`: Mesh-Gait's 3D joints, markers and mesh against the synthetic ground truth, printed and JSON."""
     from engines.data.synthetic import SyntheticGaitDataset, read_meta
-    from engines.evaluation import mean_pose_mpjpe, reconstruction_errors
+    from engines.evaluation import reconstruction_errors, view_mean_poses
     from engines.gait.meshgait import MeshGait
     from engines.gait.weights import load_gait_model
 
@@ -81,16 +81,15 @@ def evaluate_reconstruction(args: argparse.Namespace) -> int:
             torch.set_num_threads(args.threads)
         split = read_meta(args.synthetic)["split"]
         dataset = SyntheticGaitDataset(args.synthetic, subjects=split["test"])
+        baseline_poses = view_mean_poses(SyntheticGaitDataset(args.synthetic, subjects=split["train"]),
+                                         model.config.joints)
         report = reconstruction_errors(model, dataset, range(len(dataset.keys)), dataset.held_out_views,
-                                       args.max_frames, progress=not args.no_progress)
-        baseline = mean_pose_mpjpe(SyntheticGaitDataset(args.synthetic, subjects=split["train"]), dataset,
-                                   model.config.joints)
+                                       args.max_frames, progress=not args.no_progress, baseline_poses=baseline_poses)
     except (EngineError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     report = {"encoder": info["name"], "weights": str(args.weights), "dataset": str(args.synthetic),
-              "subjects": sorted({key.subject for key in dataset.keys}), "sequences": len(dataset.keys), **report,
-              "baseline_mean_pose_per_view_mpjpe_mm": baseline}
+              "subjects": sorted({key.subject for key in dataset.keys}), "sequences": len(dataset.keys), **report}
     print(f"encoder {info['name']}: 3D reconstruction on {len(dataset.keys)} synthetic sequences of "
           f"{len(report['subjects'])} held-out identities ({report['frames']} frames); mm, root-relative")
     print(f"{'':<22}{'all':>8}{'seen views':>12}{'held-out views':>16}")
@@ -100,7 +99,8 @@ def evaluate_reconstruction(args: argparse.Namespace) -> int:
         cells = [f"{row[part]:.1f}" if row[part] is not None else "-" for part in ("all", "seen_views",
                                                                                  "held_out_views")]
         print(f"{label:<22}{cells[0]:>8}{cells[1]:>12}{cells[2]:>16}")
-    print(f"baseline, each view's mean training pose: MPJPE {baseline:.1f} (engines.evaluation.mean_pose_mpjpe)")
+    print(f"baseline, each view's mean training pose: MPJPE "
+          f"{report['baseline_mean_pose_per_view_mpjpe_mm']:.1f} (engines.evaluation.view_mean_poses)")
     motion = report["joint_motion_mm"]
     print(f"joint motion about its sequence mean: predicted {motion['predicted']:.1f}, true {motion['truth']:.1f}")
     if args.json is not None:

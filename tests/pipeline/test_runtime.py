@@ -188,7 +188,7 @@ def test_sigterm_stops_everything_cleanly(tmp_path, outdoor_clip):
 
 
 def test_heap_trim_returns_fragmented_free_memory_to_the_os():
-    """What each stage does at every heartbeat: freed chunks pinned between live ones go back to the OS."""
+    """What each stage does every `runtime.heap_trim_interval_s`: freed chunks pinned between live ones go to the OS."""
     trim = heap_trimmer()
     process = psutil.Process()
     chunks = [bytearray(64 * 1024) for _ in range(3000)]  # ~190 MB below glibc's mmap threshold: heap memory

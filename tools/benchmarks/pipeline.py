@@ -66,11 +66,12 @@ def _one_run(args: argparse.Namespace, stages: dict) -> dict:
     streams = result.streams.values()
     # Concurrent streams: from the first frame read of any to the last frame out of the sink of all.
     pipeline_s = max(info["finished_at_s"] for info in streams) - min(info["opened_at_s"] for info in streams)
-    pipeline_fps = sum(info["frames"] for info in streams) / pipeline_s
+    pipeline_frames = sum(info["frames"] for info in streams)
+    pipeline_fps = pipeline_frames / pipeline_s
     sequential_fps = sum(sequential.frames.values()) / sum(sequential.stage_seconds.values())
     return {"pipeline_fps": round(pipeline_fps, 2), "sequential_fps": round(sequential_fps, 2),
             "pipeline_vs_sequential": round(pipeline_fps / sequential_fps, 2),
-            "frames": sum(info["frames"] for info in streams),
+            "frames": pipeline_frames,
             "_sequential": sequential, "_processes": result.to_json()["processes"]}
 
 
