@@ -280,6 +280,8 @@ def reconstruction_errors(model: torch.nn.Module, dataset: SyntheticGaitDataset,
     (MPVE) of the mesh interpolated from the markers. Both prediction and truth are made root-relative (pelvis) and
     metric with the ground truth's scale (`to_metric_root_relative`): silhouettes carry no absolute scale, so none is
     predicted. Reported over all frames, and split into views seen in training and `held_out_views`.
+    `mirror_resolved` scores each frame against the nearer (by MPJPE) of the body and its mirror image, which
+    project to the same silhouette (`Targets3D.mirrored`): the error a silhouette-only method can be held to.
     `joint_motion_mm` says whether the walk itself is read: a joint's mean distance from its own position averaged
     over the sequence, predicted against true (a branch that outputs one static pose scores 0). With
     `baseline_poses` (`view_mean_poses`), the MPJPE of predicting each view's mean pose on the same frames.
@@ -289,48 +291,73 @@ def reconstruction_errors(model: torch.nn.Module, dataset: SyntheticGaitDataset,
     from engines.data.synthetic import to_metric_root_relative
 
     joints = model.config.joints
-    errors: dict[str, list[NDArray[np.float64]]] = {"joints": [], "markers": [], "vertices": []}
+    names = ("joints", "markers", "vertices")
+    errors: dict[str, list[NDArray[np.float64]]] = {name: [] for name in names}
+    resolved: dict[str, list[NDArray[np.float64]]] = {name: [] for name in names}
+    mirror_chosen: list[NDArray[np.bool_]] = []
     motion: dict[str, list[float]] = {"predicted": [], "truth": []}  # mean distance of a joint from its own mean
-    baseline: list[NDArray[np.float64]] = []
+    baseline: dict[str, list[NDArray[np.float64]]] = {"raw": [], "resolved": []}
     fallback = None if not baseline_poses else np.mean(list(baseline_poses.values()), axis=0)
     held_out: list[NDArray[np.bool_]] = []
+
+    def metric(pelvis: NDArray[np.float32], points: NDArray[np.float32], scale: NDArray[np.float32]) -> NDArray:
+        # The pelvis first, so every point set is made relative to its own frame's pelvis.
+        return to_metric_root_relative(np.concatenate([pelvis, points], 1), scale)[:, 1:]
+
     model.eval()
     for index in tqdm(indices, disable=not progress, unit="seq", dynamic_ncols=True):
         frame_idx = all_frame_indices(dataset.num_frames(int(index)), max_frames)
         silhouettes = torch.from_numpy(dataset.frames_at(int(index), frame_idx)).float().div_(255.0)[None]
         with torch.inference_mode():
             output = model(silhouettes, with_3d=True)
-        truth = dataset.targets_at(int(index), frame_idx)
         view = dataset.keys[int(index)].view
-        predicted = {"joints": output.joints_3d[0], "markers": output.markers_3d[0],
-                     "vertices": output.vertices_3d[0]}
-        expected = {"joints": truth.points[:, :joints], "markers": truth.points[:, joints:],
-                    "vertices": truth.vertices}
-        pelvis_predicted, pelvis_expected = output.joints_3d[0][:, :1].numpy(), truth.points[:, :1]
-        for name in errors:
-            # The pelvis first, so every point set is made relative to its own frame's pelvis.
-            guess = to_metric_root_relative(np.concatenate([pelvis_predicted, predicted[name].numpy()], 1),
-                                            truth.half_extent_m)[:, 1:]
-            true = to_metric_root_relative(np.concatenate([pelvis_expected, expected[name]], 1),
-                                           truth.half_extent_m)[:, 1:]
-            errors[name].append(1000.0 * np.linalg.norm(guess - true, axis=-1).mean(-1))
-            if name == "joints":
-                for key, points in (("predicted", guess), ("truth", true)):
-                    motion[key].append(1000.0 * np.linalg.norm(points - points.mean(0), axis=-1).mean())
-                if baseline_poses:
-                    pose = baseline_poses.get(view, fallback)
-                    baseline.append(1000.0 * np.linalg.norm(true - pose, axis=-1).mean(-1))
+        truth = dataset.targets_at(int(index), frame_idx)
+        scale = truth.half_extent_m
+        predicted = {"joints": output.joints_3d[0].numpy(), "markers": output.markers_3d[0].numpy(),
+                     "vertices": output.vertices_3d[0].numpy()}
+        per_body = []
+        for body in (truth, truth.mirrored(dataset.mirror)):
+            expected = {"joints": body.points[:, :joints], "markers": body.points[:, joints:],
+                        "vertices": body.vertices}
+            per_body.append({name: 1000.0 * np.linalg.norm(
+                metric(predicted["joints"][:, :1], predicted[name], scale)
+                - metric(body.points[:, :1], expected[name], scale), axis=-1).mean(-1) for name in names})
+            if baseline_poses:
+                true = metric(body.points[:, :1], body.points[:, :joints], scale)
+                per_body[-1]["baseline"] = 1000.0 * np.linalg.norm(true - baseline_poses.get(view, fallback),
+                                                                   axis=-1).mean(-1)
+        use_mirror = per_body[1]["joints"] < per_body[0]["joints"]
+        mirror_chosen.append(use_mirror)
+        for name in names:
+            errors[name].append(per_body[0][name])
+            resolved[name].append(np.where(use_mirror, per_body[1][name], per_body[0][name]))
+        if baseline_poses:
+            baseline["raw"].append(per_body[0]["baseline"])
+            baseline["resolved"].append(np.minimum(per_body[0]["baseline"], per_body[1]["baseline"]))
+        for key, pelvis, points in (("predicted", predicted["joints"][:, :1], predicted["joints"]),
+                                    ("truth", truth.points[:, :1], truth.points[:, :joints])):
+            points = metric(pelvis, points, scale)
+            motion[key].append(1000.0 * np.linalg.norm(points - points.mean(0), axis=-1).mean())
         held_out.append(np.full(len(frame_idx), view in held_out_views))
     mask = np.concatenate(held_out)
+
+    def split(values: list[NDArray[np.float64]]) -> dict[str, float | None]:
+        joined = np.concatenate(values)
+        return {"all": round(float(joined.mean()), 1),
+                "seen_views": round(float(joined[~mask].mean()), 1) if (~mask).any() else None,
+                "held_out_views": round(float(joined[mask].mean()), 1) if mask.any() else None}
+
+    labels = {"joints": "mpjpe_mm", "markers": "marker_error_mm", "vertices": "mpve_mm"}
     report: dict[str, object] = {"frames": int(mask.size), "held_out_views": sorted(held_out_views),
                                  "joint_motion_mm": {k: round(float(np.mean(v)), 1) for k, v in motion.items()}}
-    for name, label in (("joints", "mpjpe_mm"), ("markers", "marker_error_mm"), ("vertices", "mpve_mm")):
-        values = np.concatenate(errors[name])
-        report[label] = {"all": round(float(values.mean()), 1),
-                         "seen_views": round(float(values[~mask].mean()), 1) if (~mask).any() else None,
-                         "held_out_views": round(float(values[mask].mean()), 1) if mask.any() else None}
+    report.update({labels[name]: split(errors[name]) for name in names})
+    mirror_report: dict[str, object] = {labels[name]: split(resolved[name]) for name in names}
+    mirror_report["mirror_chosen_fraction"] = round(float(np.concatenate(mirror_chosen).mean()), 3)
     if baseline_poses:
-        report["baseline_mean_pose_per_view_mpjpe_mm"] = round(float(np.concatenate(baseline).mean()), 1)
+        report["baseline_mean_pose_per_view_mpjpe_mm"] = round(float(np.concatenate(baseline["raw"]).mean()), 1)
+        mirror_report["baseline_mean_pose_per_view_mpjpe_mm"] = round(
+            float(np.concatenate(baseline["resolved"]).mean()), 1)
+    report["mirror_resolved"] = mirror_report
     return report
 
 

@@ -33,6 +33,7 @@ import torch
 import yaml
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from torch import nn
 from tqdm import tqdm
 
 from engines.data.augment import AugmentConfig, augment_sequence
@@ -86,6 +87,9 @@ class SyntheticSection(_Section):
     exclude_views: tuple[str, ...] = Field(("036", "144"), description="views held out for the 3D evaluation")
     p: int = Field(4, ge=2, description="synthetic identities per batch")
     k: int = Field(4, ge=2, description="sequences per synthetic identity per batch")
+    augment: AugmentConfig | None = Field(None, description="augmentations of the synthetic sequences; None: the "
+                                          "real data's. They move pixels, not the 3D targets, so keep them off when "
+                                          "the 3D fit matters")
 
 
 class OptimSection(_Section):
@@ -98,6 +102,8 @@ class OptimSection(_Section):
     milestones: tuple[int, ...] = Field((), description="multistep: steps where the lr is multiplied by gamma")
     gamma: float = Field(0.1, gt=0, le=1)
     total_steps: int = Field(gt=0, description="planned length of the run; the schedule ends here")
+    lr_factor_3d: float = Field(1.0, gt=0, description="Mesh-Gait: learning-rate multiplier of the 3D heatmap head, "
+                                "whose soft-argmax L1 losses send it small gradients (tools/probe_3d.py)")
 
 
 class LossSection(_Section):
@@ -115,6 +121,13 @@ class LossSection(_Section):
     vertices_3d: float = Field(0.5, ge=0, description="mesh vertices interpolated from the markers")
     joints_from_mesh: float = Field(0.5, ge=0, description="joints regressed from the mesh")
     reprojection: float = Field(0.5, ge=0, description="image-plane (x, y) of the joints")
+    mirror_invariant_3d: bool = Field(True, description="compare each frame with the nearer of the body and its "
+                                      "mirror image, which the silhouette cannot tell apart (`mesh_losses`)")
+
+    def weights_3d(self) -> dict[str, float]:
+        """The 3D loss weights by the names `mesh_losses` returns."""
+        return {"joints": self.joints_3d, "markers": self.markers_3d, "vertices": self.vertices_3d,
+                "joints_from_mesh": self.joints_from_mesh, "reprojection": self.reprojection}
 
 
 class RuntimeSection(_Section):
@@ -212,6 +225,19 @@ class TrainResult:
     weights: Path | None
 
 
+def parameter_groups(model: nn.Module, optim: OptimSection) -> list[dict[str, Any]]:
+    """One group at the base learning rate, plus Mesh-Gait's 3D heatmap head at `lr_factor_3d` times it if set.
+
+    A single group when the factor is 1, so checkpoints of runs without the factor keep their optimiser layout.
+    """
+    head = model.heatmap_head if isinstance(model, MeshGait) and optim.lr_factor_3d != 1.0 else None
+    if head is None:
+        return [{"params": list(model.parameters())}]
+    in_head = {id(p) for p in head.parameters()}
+    return [{"params": [p for p in model.parameters() if id(p) not in in_head]},
+            {"params": list(head.parameters()), "lr": optim.lr * optim.lr_factor_3d}]
+
+
 def checkpoint_path(run_dir: Path, step: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"step_{step:07d}.pt"
 
@@ -241,6 +267,7 @@ class Batch:
     synthetic_from: int  # index of the first synthetic sequence (N when there is none)
     points: torch.Tensor | None = None  # (N - synthetic_from, frames, joints + markers, 3), normalised frame
     vertices: torch.Tensor | None = None  # (N - synthetic_from, frames, V, 3)
+    mirrored: tuple[torch.Tensor, torch.Tensor] | None = None  # the mirror body's (points, vertices)
 
 
 class Trainer:
@@ -282,12 +309,13 @@ class Trainer:
         self.memory_format = torch.channels_last if runtime.channels_last else torch.contiguous_format
         self.model = self.model.to(memory_format=self.memory_format)
         optim = config.optim
+        groups = parameter_groups(self.model, optim)
         if optim.name == "sgd":
             self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
-                self.model.parameters(), lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay
+                groups, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay
             )
         else:
-            self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
+            self.optimizer = torch.optim.AdamW(groups, lr=optim.lr, weight_decay=optim.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: lr_factor(step, optim))
         self.use_cuda_amp = self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_cuda_amp)
@@ -340,13 +368,13 @@ class Trainer:
         return path
 
     def _sequences(self, dataset: Any, indices: np.ndarray, rng: np.random.Generator,
-                   with_targets: bool) -> tuple[list[np.ndarray], list[Any]]:
+                   with_targets: bool, augment: AugmentConfig) -> tuple[list[np.ndarray], list[Any]]:
         frames_per_sequence = self.config.data.frames
         sequences, targets = [], []
         for index in indices:
             frame_idx = fixed_frame_indices(dataset.num_frames(int(index)), frames_per_sequence, rng)
             frames = dataset.frames_at(int(index), frame_idx)
-            sequences.append(augment_sequence(frames, self.config.data.augment, rng))
+            sequences.append(augment_sequence(frames, augment, rng))
             if with_targets:
                 targets.append(dataset.targets_at(int(index), frame_idx))
         return sequences, targets
@@ -355,25 +383,34 @@ class Trainer:
         """Step `step`'s batch: the real P x K sequences, then the synthetic ones with their 3D targets.
 
         Silhouette augmentations (rotation, erasing) change pixels only; the 3D targets of an augmented synthetic
-        frame are left as they are, a small label noise we accept for the shared augmentation policy.
+        frame are left as they are, which is label noise (a 10 degree turn moves the head 5 px): `synthetic.augment`
+        can switch them off for the synthetic sequences alone.
         """
         rng = np.random.default_rng([self.config.runtime.seed, step])
         indices = self.sampler.sample(rng)
-        sequences, _ = self._sequences(self.dataset, indices, rng, with_targets=False)
+        sequences, _ = self._sequences(self.dataset, indices, rng, with_targets=False, augment=self.config.data.augment)
         labels = self.labels[indices]
-        points = vertices = None
+        points = vertices = mirrored = None
         if self.synthetic is not None:
             synthetic_indices = self.synthetic_sampler.sample(rng)
             wants_3d = isinstance(self.model, MeshGait)
-            synthetic, targets = self._sequences(self.synthetic, synthetic_indices, rng, with_targets=wants_3d)
+            section = self.config.synthetic
+            assert section is not None
+            augment = self.config.data.augment if section.augment is None else section.augment
+            synthetic, targets = self._sequences(self.synthetic, synthetic_indices, rng, with_targets=wants_3d,
+                                                 augment=augment)
             sequences += synthetic
             labels = np.concatenate([labels, self.synthetic_labels[synthetic_indices]])
             if wants_3d:
                 points = torch.from_numpy(np.stack([t.points for t in targets])).to(self.device)
                 vertices = torch.from_numpy(np.stack([t.vertices for t in targets])).to(self.device)
+                if self.config.loss.mirror_invariant_3d:
+                    twins = [t.mirrored(self.synthetic.mirror) for t in targets]
+                    mirrored = (torch.from_numpy(np.stack([t.points for t in twins])).to(self.device),
+                                torch.from_numpy(np.stack([t.vertices for t in twins])).to(self.device))
         silhouettes = torch.from_numpy(np.stack(sequences)).to(self.device).float().div_(255.0)
         return Batch(silhouettes=silhouettes, labels=torch.from_numpy(labels).to(self.device),
-                     synthetic_from=len(indices), points=points, vertices=vertices)
+                     synthetic_from=len(indices), points=points, vertices=vertices, mirrored=mirrored)
 
     def train_step(self) -> dict[str, float]:
         """One optimisation step; returns the logged numbers."""
@@ -396,9 +433,8 @@ class Trainer:
         loss = loss_cfg.triplet_weight * triplet.loss + loss_cfg.ce_weight * ce
         losses_3d: dict[str, torch.Tensor] = {}
         if batch.points is not None and batch.vertices is not None:
-            losses_3d = mesh_losses(output, batch.points, batch.vertices)
-            weights = {"joints": loss_cfg.joints_3d, "markers": loss_cfg.markers_3d, "vertices": loss_cfg.vertices_3d,
-                       "joints_from_mesh": loss_cfg.joints_from_mesh, "reprojection": loss_cfg.reprojection}
+            losses_3d = mesh_losses(output, batch.points, batch.vertices, mirrored=batch.mirrored)
+            weights = loss_cfg.weights_3d()
             loss = loss + sum(weights[name] * value for name, value in losses_3d.items())
         lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.zero_grad(set_to_none=True)

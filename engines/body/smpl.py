@@ -20,6 +20,7 @@ import smplx
 import torch
 from numpy.typing import NDArray
 
+from engines.body.open_model import JOINT_NAMES
 from engines.errors import CheckpointError, WeightsNotFound
 
 log = logging.getLogger(__name__)
@@ -185,6 +186,43 @@ def virtual_marker_ids(model: BodyModel, count: int = 64) -> NDArray[np.int64]:
         chosen.append(int(np.argmax(distance)))
         distance = np.minimum(distance, np.linalg.norm(vertices - vertices[chosen[-1]], axis=1))
     return np.asarray(chosen, dtype=np.int64)
+
+
+def mirror_joint_ids() -> NDArray[np.int64]:
+    """(24,) each SMPL joint's left/right twin (itself on the midline): the joint order of the mirrored body."""
+    def twin(name: str) -> str:
+        if name.startswith("left_"):
+            return "right_" + name[len("left_"):]
+        return "left_" + name[len("right_"):] if name.startswith("right_") else name
+
+    return np.asarray([JOINT_NAMES.index(twin(name)) for name in JOINT_NAMES], dtype=np.int64)
+
+
+def mirror_vertex_ids(model: BodyModel, tolerance_m: float = 0.01) -> NDArray[np.int64]:
+    """(V,) each template vertex's twin across the sagittal plane (x -> -x): nearest neighbour of its reflection.
+
+    Among vertices at the same place (where two pieces of our open model meet) the twin is the one bound to the
+    mirrored joint, so the map is an involution that keeps skinning. Exact for our open model (its right side is
+    built as the left side's reflection) and within millimetres for SMPL, whose template is symmetric; a model
+    asymmetric beyond `tolerance_m` is refused, because mirrored targets built from it would be wrong.
+    """
+    template = model.template_vertices
+    reflected = template * np.array([-1.0, 1.0, 1.0])
+    part = model.part_of_vertex
+    twin_part = mirror_joint_ids()[part]
+    twins = np.empty(len(template), dtype=np.int64)
+    worst = 0.0
+    for start in range(0, len(template), 256):  # bounded memory for SMPL's 6890 vertices, no scipy needed
+        block = slice(start, start + 256)
+        distance = ((reflected[block, None, :] - template[None, :, :]) ** 2).sum(-1)
+        other_part = part[None, :] != twin_part[block, None]
+        nearest = np.argmin(distance + other_part * (tolerance_m ** 2), axis=1)  # same place: prefer the twin part
+        twins[block] = nearest
+        worst = max(worst, float(np.sqrt(distance[np.arange(len(nearest)), nearest].max())))
+    if worst > tolerance_m:
+        raise CheckpointError(f"{model.path}: template is not left/right symmetric (a reflected vertex lies "
+                              f"{worst * 1000:.1f} mm from the nearest vertex; tolerance {tolerance_m * 1000:.0f} mm)")
+    return twins
 
 
 def fit_marker_interpolation(vertices: NDArray[np.floating], marker_ids: NDArray[np.int64],

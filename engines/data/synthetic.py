@@ -20,6 +20,10 @@ The normalised frame the network predicts: x_n = (col - 22) / 32, y_n = (row - 3
 position, z_n = (Z - Z_pelvis) / half_extent_m from the camera-frame depth, where half_extent_m is half the
 camera-y extent of that frame's posed mesh (64 silhouette pixels <-> 2 units <-> the body's height).
 
+One silhouette fits two bodies: the body and its mirror image through the plane Z = Z_pelvis (left and right
+swapped, z_n negated) project to the same pixels under weak perspective, so a frame's 3D is known only up to that
+reflection (`Targets3D.mirrored`, used by the mirror-invariant 3D loss and the mirror-resolved MPJPE).
+
 Must not import `pipeline` or `stages`.
 """
 
@@ -51,7 +55,13 @@ from engines.body.render import (
     project,
     render_sequence,
 )
-from engines.body.smpl import BodyModel, fit_marker_interpolation, virtual_marker_ids
+from engines.body.smpl import (
+    BodyModel,
+    fit_marker_interpolation,
+    mirror_joint_ids,
+    mirror_vertex_ids,
+    virtual_marker_ids,
+)
 from engines.body.walking import GaitStyle, dress_for_condition, global_rotations, sample_identity, walking_sequence
 from engines.data.sequences import PackedNpzDataset, SequenceKey
 from engines.errors import DatasetError, EngineError
@@ -386,6 +396,24 @@ class Targets3D:
     vertices: NDArray[np.float32]  # (t, V, 3)
     half_extent_m: NDArray[np.float32]  # (t,) metres per normalised unit
 
+    def mirrored(self, mirror: MirrorMap) -> Targets3D:
+        """The mirror body's targets: same silhouettes, left and right swapped, depth negated about the pelvis."""
+        vertices = self.vertices[:, mirror.vertex_ids]
+        vertices[..., 2] *= -1
+        joints = self.points[:, mirror.joint_ids]
+        joints[..., 2] *= -1
+        points = np.concatenate([joints, vertices[:, mirror.marker_vertex_ids]], axis=1)
+        return Targets3D(points=points, vertices=vertices, half_extent_m=self.half_extent_m)
+
+
+@dataclass(frozen=True)
+class MirrorMap:
+    """Index maps of the body model's left/right reflection (`engines.body.smpl.mirror_*_ids`)."""
+
+    joint_ids: NDArray[np.int64]  # (24,) each joint's twin
+    vertex_ids: NDArray[np.int64]  # (V,) each vertex's twin
+    marker_vertex_ids: NDArray[np.int64]  # (64,) the markers' vertices (a marker's twin need not be a marker)
+
 
 class SyntheticGaitDataset(PackedNpzDataset):
     """The synthetic silhouettes (as `PackedNpzDataset`: `keys`, `frames`, `frames_at`, `num_frames`) plus 3D.
@@ -427,6 +455,7 @@ class SyntheticGaitDataset(PackedNpzDataset):
         self.meta = meta
         self._regressor = body.joint_regressor
         self._num_vertices = body.num_vertices
+        self.mirror = MirrorMap(mirror_joint_ids(), mirror_vertex_ids(body), self.marker_vertex_ids)
         self._archives: dict[str, Any] = {}
         self._archive_pid = os.getpid()
 

@@ -23,6 +23,10 @@ CVPR 2023) as `shared/docs/ARCHITECTURE.md` section 4b suggests:
 - **Mesh**: vertices = `marker_interpolation @ markers`, a fixed affine map (V x 64) fitted by least squares on
   synthetic meshes (`engines/body/smpl.py`), as VM recovers its mesh from markers; joints-from-mesh =
   `joint_regressor @ vertices`. Both matrices are buffers set from the body model by the trainer.
+- **Mirror ambiguity**: under weak perspective a body and its mirror image through the pelvis' depth plane (left
+  and right swapped, depth negated) cast the same silhouette, so no per-frame head can tell them apart. The 3D
+  losses compare each frame with the nearer of the two (`mesh_losses(mirrored=...)`, `loss.mirror_invariant_3d`);
+  with a plain loss our first run learnt their average, a flattened walk with left and right limbs pulled together.
 - **Heatmap encoder**: each point's 2D heatmap and the same map weighted by its expected depth ("depth as channels",
   2 x points maps of 16x11, scaled so a uniform map is 1), a 1x1 conv, then a 3x3 conv, both with BN and ReLU: the
   "3D features", aligned with the silhouette features.
@@ -195,16 +199,26 @@ class MeshGait(nn.Module):
         return output
 
 
-def mesh_losses(output: EncoderOutput, points: torch.Tensor, vertices: torch.Tensor,
-                joints: int = SMPL_JOINTS) -> dict[str, torch.Tensor]:
+def mesh_losses(output: EncoderOutput, points: torch.Tensor, vertices: torch.Tensor, joints: int = SMPL_JOINTS,
+                mirrored: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """L1 losses of the decoded 3D against ground truth, all in the normalised frame (1 = half the body's height).
 
     `points` `[n, t, joints + markers, 3]` and `vertices` `[n, t, V, 3]` are the targets of the sequences the output
     decoded. "reprojection" compares the image-plane (x, y) of the joints, i.e. their 2D projection under the weak
     perspective the normalised frame assumes; the others compare full 3D.
+
+    `mirrored` (the same targets of the mirror body, `Targets3D.mirrored`) makes the losses mirror-invariant: each
+    frame is compared with whichever of the two bodies its decoded points are nearer. One silhouette cannot tell
+    them apart, so a plain loss pulls left and right limbs to their average and depth to zero, which is what our
+    first Mesh-Gait run learnt (README, "Mesh-Gait").
     """
     assert output.joints_3d is not None and output.markers_3d is not None and output.vertices_3d is not None
     assert output.joints_from_mesh is not None
+    if mirrored is not None:
+        decoded = torch.cat((output.joints_3d, output.markers_3d), dim=2).detach()
+        nearer_mirror = (decoded - mirrored[0]).abs().mean((2, 3)) < (decoded - points).abs().mean((2, 3))
+        points = torch.where(nearer_mirror[:, :, None, None], mirrored[0], points)
+        vertices = torch.where(nearer_mirror[:, :, None, None], mirrored[1], vertices)
     target_joints, target_markers = points[:, :, :joints], points[:, :, joints:]
     return {
         "joints": F.l1_loss(output.joints_3d, target_joints),

@@ -15,7 +15,13 @@ import torch
 
 from engines.body.open_model import JOINT_NAMES, PARENTS, build_open_body_model, write_body_model
 from engines.body.render import camera_for_view, project, render_sequence
-from engines.body.smpl import BodyModel, fit_marker_interpolation, virtual_marker_ids
+from engines.body.smpl import (
+    BodyModel,
+    fit_marker_interpolation,
+    mirror_joint_ids,
+    mirror_vertex_ids,
+    virtual_marker_ids,
+)
 from engines.body.walking import (
     axis_angle_to_matrix,
     dress_for_condition,
@@ -220,6 +226,27 @@ def test_virtual_markers_and_marker_interpolation(body: BodyModel) -> None:
     shifted = held_out + np.array([1.0, -2.0, 3.0])  # affine: commutes with translation
     np.testing.assert_allclose(np.einsum("vm,tmc->tvc", interpolation, shifted[:, markers]),
                                rebuilt + np.array([1.0, -2.0, 3.0]), atol=1e-4)
+
+
+def test_mirror_maps_swap_left_and_right(body: BodyModel) -> None:
+    joints = mirror_joint_ids()
+    names = [JOINT_NAMES[j] for j in joints]
+    assert names[JOINT_NAMES.index("left_knee")] == "right_knee" and names[JOINT_NAMES.index("head")] == "head"
+    np.testing.assert_array_equal(joints[joints], np.arange(24))
+    vertices = mirror_vertex_ids(body)
+    np.testing.assert_array_equal(vertices[vertices], np.arange(body.num_vertices))  # an involution
+    template = body.template_vertices
+    np.testing.assert_allclose(template[vertices], template * [-1.0, 1.0, 1.0], atol=1e-6)  # built symmetric
+    assert (template[vertices[template[:, 0] > 0.05], 0] < -0.05).all()  # a left vertex's twin is on the right
+    np.testing.assert_array_equal(body.part_of_vertex[vertices], joints[body.part_of_vertex])  # skinning too
+
+    class Lopsided:  # only what mirror_vertex_ids reads
+        path = Path("lopsided.pkl")
+        part_of_vertex = body.part_of_vertex
+        template_vertices = template + np.where(template[:, :1] > 0.1, [0.05, 0.0, 0.0], 0.0)
+
+    with pytest.raises(CheckpointError, match="lopsided.pkl: template is not left/right symmetric"):
+        mirror_vertex_ids(Lopsided())  # type: ignore[arg-type]
 
 
 def test_open_model_is_deterministic_per_seed(tmp_path: Path) -> None:

@@ -17,7 +17,8 @@ import yaml
 
 from engines.data.synthetic import SyntheticGaitDataset
 from engines.gait.encoder import open_encoder
-from engines.gait.meshgait import Heatmaps3D, MeshGait, MeshGaitConfig, soft_argmax_3d
+from engines.gait.gaitbase import EncoderOutput
+from engines.gait.meshgait import Heatmaps3D, MeshGait, MeshGaitConfig, mesh_losses, soft_argmax_3d
 from engines.gait.weights import load_gait_model
 from engines.train import load_train_config, train
 from tools import eval as eval_tool
@@ -60,6 +61,23 @@ def test_body_model_matrices_must_fit_the_config() -> None:
     model = MeshGait(TINY)
     with pytest.raises(ValueError, match="do not fit"):
         model.set_body_model(torch.zeros(31, 64), torch.zeros(24, 31))
+
+
+def test_mirror_invariant_loss_accepts_either_body_frame_by_frame() -> None:
+    generator = torch.Generator().manual_seed(0)
+    points, vertices = torch.randn(2, 3, 24 + 64, 3, generator=generator), torch.randn(2, 3, 30, 3, generator=generator)
+    twin = (torch.randn(2, 3, 24 + 64, 3, generator=generator), torch.randn(2, 3, 30, 3, generator=generator))
+    first_frame = torch.zeros(2, 3, 1, 1, dtype=torch.bool)
+    first_frame[:, 0] = True
+    decoded_points = torch.where(first_frame, twin[0], points)  # frame 0 decodes the twin, frames 1-2 the body
+    decoded_vertices = torch.where(first_frame, twin[1], vertices)
+    output = EncoderOutput(embeddings=torch.zeros(2, 8, 1))
+    output.joints_3d, output.markers_3d = decoded_points[:, :, :24], decoded_points[:, :, 24:]
+    output.vertices_3d, output.joints_from_mesh = decoded_vertices, decoded_points[:, :, :24]
+    invariant = mesh_losses(output, points, vertices, mirrored=twin)
+    assert all(float(value) == 0.0 for value in invariant.values()), invariant
+    plain = mesh_losses(output, points, vertices)
+    assert all(float(value) > 0.1 for value in plain.values()), plain
 
 
 def _config(folder: Path, casia_b: Path, synthetic: Path, steps: int = 4) -> Path:
@@ -130,7 +148,47 @@ def test_weights_run_through_the_encoder_and_the_3d_evaluation(trained: Path, sy
         assert math.isfinite(report[key]["all"]) and 1.0 < report[key]["all"] < 2000.0, report[key]
     assert 1.0 < report["baseline_mean_pose_per_view_mpjpe_mm"] < report["mpjpe_mm"]["all"]  # untrained: worse
     assert report["joint_motion_mm"]["truth"] > 10.0 and report["joint_motion_mm"]["predicted"] >= 0.0
+    resolved = report["mirror_resolved"]
+    assert resolved["mpjpe_mm"]["all"] <= report["mpjpe_mm"]["all"]  # the body is chosen per frame by MPJPE
+    assert all(math.isfinite(resolved[key]["all"]) for key in ("marker_error_mm", "mpve_mm"))
+    assert resolved["baseline_mean_pose_per_view_mpjpe_mm"] <= report["baseline_mean_pose_per_view_mpjpe_mm"]
+    assert 0.0 <= resolved["mirror_chosen_fraction"] <= 1.0
     assert "MPJPE (24 joints)" in stdout.getvalue() and "mean training pose" in stdout.getvalue()
+    assert "MPJPE (24 joints), mirror-resolved" in stdout.getvalue()
+
+
+def test_3d_head_learning_rate_factor_makes_a_second_group(tmp_path: Path, casia_b: Path,
+                                                            synthetic_root: Path) -> None:
+    from engines.train import Trainer
+
+    path = _config(tmp_path, casia_b, synthetic_root)
+    raw = yaml.safe_load(path.read_text())
+    trainer = Trainer(load_train_config(path))
+    assert len(trainer.optimizer.param_groups) == 1  # factor 1: the layout older checkpoints have
+    raw["optim"]["lr_factor_3d"] = 10.0
+    path.write_text(yaml.safe_dump(raw))
+    trainer = Trainer(load_train_config(path))
+    base, head = trainer.optimizer.param_groups
+    assert {id(p) for p in head["params"]} == {id(p) for p in trainer.model.heatmap_head.parameters()}
+    assert head["lr"] == pytest.approx(10 * base["lr"])
+    assert len(base["params"]) + len(head["params"]) == len(list(trainer.model.parameters()))
+
+
+def test_probe_retrains_only_the_3d_head(trained: Path, synthetic_root: Path, tmp_path: Path) -> None:
+    from tools import probe_3d
+
+    before = load_gait_model(trained / "weights.pt")[0].state_dict()
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        code = probe_3d.main(["--weights", str(trained / "weights.pt"), "--synthetic", str(synthetic_root),
+                              "--steps", "2", "--sequences", "2", "--threads", "1", "--json", str(tmp_path / "p.json")])
+    assert code == 0, stdout.getvalue()
+    report = json.loads((tmp_path / "p.json").read_text())
+    assert report["loss"] == "mirror" and report["steps"] == 2 and report["sequences_scored"] == 2
+    assert report["before"]["mpjpe_mm"] != report["after"]["mpjpe_mm"]  # the head learnt something
+    after = load_gait_model(trained / "weights.pt")[0].state_dict()
+    assert all(torch.equal(before[name], after[name]) for name in before)  # the weights file is left as it was
+    assert "mirror-resolved" in stdout.getvalue()
 
 
 def test_3d_evaluation_of_a_gaitbase_is_a_clear_error(synthetic_root: Path, tmp_path: Path) -> None:

@@ -138,6 +138,26 @@ def test_markers_and_the_metric_frame(root: Path, dataset: SyntheticGaitDataset)
     np.testing.assert_allclose(again, targets.points, atol=1e-6)
 
 
+def test_mirror_body_fits_the_same_silhouette(dataset: SyntheticGaitDataset) -> None:
+    """The mirror body: joint twins at the same pixels, depth negated, bone lengths of the twin bones."""
+    key_index = dataset.keys.index(SequenceKey("003", "nm-02", "090"))
+    targets = dataset.targets_at(key_index, np.arange(FRAMES))
+    twin = targets.mirrored(dataset.mirror)
+    joints = dataset.mirror.joint_ids
+    np.testing.assert_array_equal(twin.points[:, :24, :2], targets.points[:, joints, :2])
+    np.testing.assert_array_equal(twin.points[:, :24, 2], -targets.points[:, joints, 2])
+    np.testing.assert_array_equal(twin.points[:, 24:], twin.vertices[:, dataset.marker_vertex_ids])
+    again = twin.mirrored(dataset.mirror)
+    np.testing.assert_array_equal(again.vertices, targets.vertices)
+    np.testing.assert_array_equal(again.points[:, :24], targets.points[:, :24])
+    np.testing.assert_allclose(again.points[:, 24:], targets.points[:, 24:], atol=3e-3)  # markers from vertices
+    # a real body, not a relabelling: each bone of the twin is as long as the body's twin bone
+    knee, hip = 4, 1  # left_knee, left_hip
+    metric, twin_metric = (to_metric_root_relative(t.points, t.half_extent_m) for t in (targets, twin))
+    np.testing.assert_allclose(np.linalg.norm(twin_metric[:, knee] - twin_metric[:, hip], axis=-1),
+                               np.linalg.norm(metric[:, joints[knee]] - metric[:, joints[hip]], axis=-1), rtol=1e-5)
+
+
 def test_meta_records_split_views_and_markers(dataset: SyntheticGaitDataset) -> None:
     assert dataset.train_subjects == ["001", "002"] and dataset.test_subjects == ["003"]
     assert dataset.held_out_views == ["036", "144"]

@@ -99,3 +99,12 @@ def test_missing_dataset_is_a_clear_error(tmp_path: Path) -> None:
     config = tiny_config(tmp_path, tmp_path / "no-such-dataset")
     with pytest.raises(DatasetError, match="no-such-dataset: dataset path does not exist"):
         Trainer(config)
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[2] / "configs" / "train").glob("*.yaml")),
+                         ids=lambda path: path.name)
+def test_committed_training_configs_validate(path: Path) -> None:
+    config = load_train_config(path)
+    assert config.optim.total_steps > 0 and config.run_dir.is_absolute()
+    if config.branch_3d is not None:  # Mesh-Gait runs name what they do with the mirror ambiguity, not a default
+        assert "mirror_invariant_3d" in yaml.safe_load(path.read_text())["loss"]
