@@ -32,8 +32,9 @@ log = logging.getLogger(__name__)
 WEIGHTS_FORMAT = "gaitstream-weights"
 CHECKPOINT_FORMAT = "gaitstream-train-checkpoint"
 HOW_TO_GET = (
-    "train one with `python tools/train.py --config configs/train/gaitbase_compact_casiab.yaml` and write it with "
-    "`python tools/train.py --config ... --export-weights OUT.pt`"
+    "the project ships weights/meshgait_compact_casiab.pt (default) and weights/gaitbase_compact_casiab.pt; or train "
+    "one with `python tools/train.py --config configs/train/gaitbase_compact_casiab.yaml` (Mesh-Gait: "
+    "meshgait_compact_casiab.yaml after `python tools/make_synthetic.py --out runs/synthetic`)"
 )
 
 
