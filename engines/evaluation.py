@@ -313,30 +313,26 @@ def reconstruction_errors(model: torch.nn.Module, dataset: SyntheticGaitDataset,
         view = dataset.keys[int(index)].view
         truth = dataset.targets_at(int(index), frame_idx)
         scale = truth.half_extent_m
-        predicted = {"joints": output.joints_3d[0].numpy(), "markers": output.markers_3d[0].numpy(),
-                     "vertices": output.vertices_3d[0].numpy()}
-        per_body = []
+        decoded = {"joints": output.joints_3d[0].numpy(), "markers": output.markers_3d[0].numpy(),
+                   "vertices": output.vertices_3d[0].numpy()}
+        guess = {name: metric(decoded["joints"][:, :1], decoded[name], scale) for name in names}
+        bodies = []  # the true body and its mirror image, root-relative metric points
         for body in (truth, truth.mirrored(dataset.mirror)):
-            expected = {"joints": body.points[:, :joints], "markers": body.points[:, joints:],
-                        "vertices": body.vertices}
-            per_body.append({name: 1000.0 * np.linalg.norm(
-                metric(predicted["joints"][:, :1], predicted[name], scale)
-                - metric(body.points[:, :1], expected[name], scale), axis=-1).mean(-1) for name in names})
-            if baseline_poses:
-                true = metric(body.points[:, :1], body.points[:, :joints], scale)
-                per_body[-1]["baseline"] = 1000.0 * np.linalg.norm(true - baseline_poses.get(view, fallback),
-                                                                   axis=-1).mean(-1)
+            parts = {"joints": body.points[:, :joints], "markers": body.points[:, joints:], "vertices": body.vertices}
+            bodies.append({name: metric(body.points[:, :1], parts[name], scale) for name in names})
+        per_body = [{name: 1000.0 * np.linalg.norm(guess[name] - body[name], axis=-1).mean(-1) for name in names}
+                    for body in bodies]
         use_mirror = per_body[1]["joints"] < per_body[0]["joints"]
         mirror_chosen.append(use_mirror)
         for name in names:
             errors[name].append(per_body[0][name])
             resolved[name].append(np.where(use_mirror, per_body[1][name], per_body[0][name]))
         if baseline_poses:
-            baseline["raw"].append(per_body[0]["baseline"])
-            baseline["resolved"].append(np.minimum(per_body[0]["baseline"], per_body[1]["baseline"]))
-        for key, pelvis, points in (("predicted", predicted["joints"][:, :1], predicted["joints"]),
-                                    ("truth", truth.points[:, :1], truth.points[:, :joints])):
-            points = metric(pelvis, points, scale)
+            pose = baseline_poses.get(view, fallback)
+            raw, mirrored = (1000.0 * np.linalg.norm(body["joints"] - pose, axis=-1).mean(-1) for body in bodies)
+            baseline["raw"].append(raw)
+            baseline["resolved"].append(np.minimum(raw, mirrored))
+        for key, points in (("predicted", guess["joints"]), ("truth", bodies[0]["joints"])):
             motion[key].append(1000.0 * np.linalg.norm(points - points.mean(0), axis=-1).mean())
         held_out.append(np.full(len(frame_idx), view in held_out_views))
     mask = np.concatenate(held_out)

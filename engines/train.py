@@ -26,7 +26,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -51,6 +51,9 @@ from engines.gait.weights import (
     read_torch_file,
     save_weights,
 )
+
+if TYPE_CHECKING:  # the synthetic set (and smplx) is imported only by runs that use it
+    from engines.data.synthetic import MirrorMap, Targets3D
 
 log = logging.getLogger(__name__)
 
@@ -223,6 +226,17 @@ class TrainResult:
     step: int
     last_checkpoint: Path | None
     weights: Path | None
+
+
+def target_tensors(targets: list[Targets3D], mirror: MirrorMap | None, device: torch.device | str = "cpu",
+                   ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+    """Sequences' 3D targets as `mesh_losses` takes them: points, vertices and, with `mirror`, the mirror body's."""
+    def stacked(bodies: list[Targets3D]) -> tuple[torch.Tensor, torch.Tensor]:
+        return (torch.from_numpy(np.stack([t.points for t in bodies])).to(device),
+                torch.from_numpy(np.stack([t.vertices for t in bodies])).to(device))
+
+    points, vertices = stacked(targets)
+    return points, vertices, None if mirror is None else stacked([t.mirrored(mirror) for t in targets])
 
 
 def parameter_groups(model: nn.Module, optim: OptimSection) -> list[dict[str, Any]]:
@@ -402,12 +416,8 @@ class Trainer:
             sequences += synthetic
             labels = np.concatenate([labels, self.synthetic_labels[synthetic_indices]])
             if wants_3d:
-                points = torch.from_numpy(np.stack([t.points for t in targets])).to(self.device)
-                vertices = torch.from_numpy(np.stack([t.vertices for t in targets])).to(self.device)
-                if self.config.loss.mirror_invariant_3d:
-                    twins = [t.mirrored(self.synthetic.mirror) for t in targets]
-                    mirrored = (torch.from_numpy(np.stack([t.points for t in twins])).to(self.device),
-                                torch.from_numpy(np.stack([t.vertices for t in twins])).to(self.device))
+                mirror = self.synthetic.mirror if self.config.loss.mirror_invariant_3d else None
+                points, vertices, mirrored = target_tensors(targets, mirror, self.device)
         silhouettes = torch.from_numpy(np.stack(sequences)).to(self.device).float().div_(255.0)
         return Batch(silhouettes=silhouettes, labels=torch.from_numpy(labels).to(self.device),
                      synthetic_from=len(indices), points=points, vertices=vertices, mirrored=mirrored)

@@ -34,7 +34,7 @@ def probe(args: argparse.Namespace) -> dict[str, object]:
     from engines.evaluation import reconstruction_errors, view_mean_poses
     from engines.gait.meshgait import MeshGait, mesh_losses
     from engines.gait.weights import load_gait_model
-    from engines.train import LossSection
+    from engines.train import LossSection, target_tensors
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
@@ -73,13 +73,8 @@ def probe(args: argparse.Namespace) -> dict[str, object]:
         model.eval()
         head.train()  # the head's BatchNorm learns; the frozen network keeps its statistics
         output = model(torch.from_numpy(np.stack(frames)).float().div_(255.0), with_3d=True)
-        mirrored = None
-        if args.loss == "mirror":
-            twins = [target.mirrored(train.mirror) for target in targets]
-            mirrored = (torch.from_numpy(np.stack([t.points for t in twins])),
-                        torch.from_numpy(np.stack([t.vertices for t in twins])))
-        losses = mesh_losses(output, torch.from_numpy(np.stack([t.points for t in targets])),
-                             torch.from_numpy(np.stack([t.vertices for t in targets])), mirrored=mirrored)
+        points, vertices, mirrored = target_tensors(targets, train.mirror if args.loss == "mirror" else None)
+        losses = mesh_losses(output, points, vertices, mirrored=mirrored)
         loss = sum(weight_of[name] * value for name, value in losses.items())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

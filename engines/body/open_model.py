@@ -129,16 +129,28 @@ class _Mesh:
     joint_rings: dict[int, list[NDArray[np.int64]]]  # joint -> index arrays of the rings centred on it
 
 
+def mirror_joint_ids() -> NDArray[np.int64]:
+    """(24,) each SMPL joint's left/right twin (itself on the midline): the joint order of the mirrored body."""
+    def twin(name: str) -> str:
+        if name.startswith("left_"):
+            return "right_" + name[len("left_"):]
+        return "left_" + name[len("right_"):] if name.startswith("right_") else name
+
+    return np.asarray([JOINT_NAMES.index(twin(name)) for name in JOINT_NAMES], dtype=np.int64)
+
+
 def _mirror(piece: _Piece) -> _Piece:
     """The right-side twin of a left-side piece: x negated, joints swapped to their right counterparts."""
     flip = np.array([-1.0, 1.0, 1.0])
-    swap = {j: JOINT_NAMES.index(name.replace("left_", "right_")) for j, name in enumerate(JOINT_NAMES)
-            if name.startswith("left_")}
+    twins = mirror_joint_ids().tolist()
+
+    def swap(joint: int) -> int:
+        return twins[joint] if joint >= 0 else joint  # -1: no joint
+
     return replace(
-        piece, owner=swap.get(piece.owner, piece.owner), start=piece.start * flip, end=piece.end * flip,
-        ring_joints=tuple(swap.get(j, j) for j in piece.ring_joints),
-        blend_start=swap.get(piece.blend_start, piece.blend_start),
-        blend_end=swap.get(piece.blend_end, piece.blend_end),
+        piece, owner=swap(piece.owner), start=piece.start * flip, end=piece.end * flip,
+        ring_joints=tuple(swap(j) for j in piece.ring_joints),
+        blend_start=swap(piece.blend_start), blend_end=swap(piece.blend_end),
     )
 
 

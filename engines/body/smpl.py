@@ -20,7 +20,7 @@ import smplx
 import torch
 from numpy.typing import NDArray
 
-from engines.body.open_model import JOINT_NAMES
+from engines.body.open_model import mirror_joint_ids
 from engines.errors import CheckpointError, WeightsNotFound
 
 log = logging.getLogger(__name__)
@@ -186,16 +186,6 @@ def virtual_marker_ids(model: BodyModel, count: int = 64) -> NDArray[np.int64]:
         chosen.append(int(np.argmax(distance)))
         distance = np.minimum(distance, np.linalg.norm(vertices - vertices[chosen[-1]], axis=1))
     return np.asarray(chosen, dtype=np.int64)
-
-
-def mirror_joint_ids() -> NDArray[np.int64]:
-    """(24,) each SMPL joint's left/right twin (itself on the midline): the joint order of the mirrored body."""
-    def twin(name: str) -> str:
-        if name.startswith("left_"):
-            return "right_" + name[len("left_"):]
-        return "left_" + name[len("right_"):] if name.startswith("right_") else name
-
-    return np.asarray([JOINT_NAMES.index(twin(name)) for name in JOINT_NAMES], dtype=np.int64)
 
 
 def mirror_vertex_ids(model: BodyModel, tolerance_m: float = 0.01) -> NDArray[np.int64]:

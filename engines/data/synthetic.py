@@ -45,7 +45,7 @@ import numpy as np
 from numpy.typing import NDArray
 from tqdm import tqdm
 
-from engines.body.open_model import build_open_body_model
+from engines.body.open_model import build_open_body_model, mirror_joint_ids
 from engines.body.render import (
     CASIA_B_VIEWS_DEG,
     Camera,
@@ -55,13 +55,7 @@ from engines.body.render import (
     project,
     render_sequence,
 )
-from engines.body.smpl import (
-    BodyModel,
-    fit_marker_interpolation,
-    mirror_joint_ids,
-    mirror_vertex_ids,
-    virtual_marker_ids,
-)
+from engines.body.smpl import BodyModel, fit_marker_interpolation, mirror_vertex_ids, virtual_marker_ids
 from engines.body.walking import GaitStyle, dress_for_condition, global_rotations, sample_identity, walking_sequence
 from engines.data.sequences import PackedNpzDataset, SequenceKey
 from engines.errors import DatasetError, EngineError

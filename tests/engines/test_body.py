@@ -13,15 +13,15 @@ import pytest
 import smplx
 import torch
 
-from engines.body.open_model import JOINT_NAMES, PARENTS, build_open_body_model, write_body_model
-from engines.body.render import camera_for_view, project, render_sequence
-from engines.body.smpl import (
-    BodyModel,
-    fit_marker_interpolation,
+from engines.body.open_model import (
+    JOINT_NAMES,
+    PARENTS,
+    build_open_body_model,
     mirror_joint_ids,
-    mirror_vertex_ids,
-    virtual_marker_ids,
+    write_body_model,
 )
+from engines.body.render import camera_for_view, project, render_sequence
+from engines.body.smpl import BodyModel, fit_marker_interpolation, mirror_vertex_ids, virtual_marker_ids
 from engines.body.walking import (
     axis_angle_to_matrix,
     dress_for_condition,
