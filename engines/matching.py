@@ -10,7 +10,6 @@ otherwise the track is `unknown`. Must not import `pipeline` or `stages`.
 
 from __future__ import annotations
 
-from collections import Counter, deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -94,45 +93,53 @@ class GalleryIndex:
         return [Match(self.names[identities[i]], float(1.0 - similarity[i])) for i in order]
 
 
-def decide_identity(matches: list[Match], accept_distance: float) -> tuple[str, float]:
-    """Open-set decision for one window: (name or 'unknown', confidence in [0, 1]).
+def decide_identity(matches: list[Match], accept_distance: float,
+                    margin_ratio: float = 1.0) -> tuple[str, float]:
+    """Open-set decision: (name or 'unknown', confidence in [0, 1]).
 
-    Confidence is how far inside the acceptance radius the best match lies (1 at distance 0, 0 at the threshold);
-    for 'unknown' it is how far outside it lies, capped at 1.
+    The closest identity is named only when its distance is at most `accept_distance` and, when there is a second
+    identity, at most `margin_ratio` times the second's distance: a probe about as close to two people is not
+    confidently either, and a ratio keeps that meaning in a scene where every distance shrinks or grows (real
+    footage moves the whole distribution; CASIA-B's calibration does not transfer). Confidence is how far inside
+    the acceptance radius the best match lies (1 at distance 0, 0 at the threshold); for 'unknown' how far
+    outside it lies, capped at 1 (0 when only the margin failed).
     """
     if not matches:
         return UNKNOWN, 1.0
     best = matches[0]
-    if best.distance <= accept_distance:
-        return best.name, float(np.clip(1.0 - best.distance / accept_distance, 0.0, 1.0))
-    return UNKNOWN, float(np.clip((best.distance - accept_distance) / accept_distance, 0.0, 1.0))
+    if best.distance > accept_distance:
+        return UNKNOWN, float(np.clip((best.distance - accept_distance) / accept_distance, 0.0, 1.0))
+    if len(matches) > 1 and best.distance > margin_ratio * matches[1].distance:
+        return UNKNOWN, 0.0
+    return best.name, float(np.clip(1.0 - best.distance / accept_distance, 0.0, 1.0))
 
 
-class TrackVote:
-    """A track's label from its recent window decisions, so one odd window does not flip a name.
+class TrackEvidence:
+    """Everything a track's walk has shown so far, as one embedding: the frame-weighted mean of its windows.
 
-    The leader is the most frequent decision among the last `windows` (ties go to the lower mean distance). The
-    label moves to a new leader only once it has at least `min_agreeing` votes; the confidence shown is the mean
-    confidence of the windows that voted for the current label.
+    Each window is part-normalised before it is averaged, so every window counts by its length alone, not by the
+    size of its activations. Matching the walk instead of voting over isolated 30-frame windows uses all the
+    evidence at once: a track is named from the whole walk, and a window of bad masks moves the mean a little
+    instead of casting a vote. The mean is a sum, so the state is one vector per track whatever its length.
     """
 
-    def __init__(self, windows: int, min_agreeing: int, now_s: float) -> None:
-        self.decisions: deque[tuple[str, float, float]] = deque(maxlen=windows)
-        self.min_agreeing = min_agreeing
+    def __init__(self, parts: int, now_s: float) -> None:
+        self.parts = parts
+        self.total: NDArray[np.float64] | None = None
+        self.frames = 0
+        self.windows = 0
         self.last_seen_s = now_s
-        self.label: tuple[str, float] = (UNKNOWN, 0.0)
 
-    def add(self, name: str, confidence: float, distance: float, now_s: float) -> bool:
-        """Record a window's decision; returns whether the track's label (name) changed."""
-        self.decisions.append((name, confidence, distance))
+    def add(self, vector: NDArray[np.float32], frames: int, now_s: float) -> None:
+        normalised = normalise_parts(np.asarray(vector, np.float32)[None], self.parts)[0].astype(np.float64)
+        weighted = normalised * max(1, frames)
+        self.total = weighted if self.total is None else self.total + weighted
+        self.frames += max(1, frames)
+        self.windows += 1
         self.last_seen_s = now_s
-        counts = Counter(n for n, _, _ in self.decisions)
-        mean_distance = {n: float(np.mean([d for m, _, d in self.decisions if m == n])) for n in counts}
-        leader, votes = min(counts.items(), key=lambda item: (-item[1], mean_distance[item[0]]))
-        current = self.label[0]
-        if leader != current and votes >= self.min_agreeing:
-            current = leader
-        votes_for_current = [c for n, c, _ in self.decisions if n == current]
-        changed = current != self.label[0]
-        self.label = (current, float(np.mean(votes_for_current)) if votes_for_current else 0.0)
-        return changed
+
+    def embedding(self) -> NDArray[np.float32]:
+        """The walk's embedding, (D,) float32 (part-normalised by the matcher like any query)."""
+        if self.total is None:
+            raise ValueError("no window added yet")
+        return (self.total / self.frames).astype(np.float32)

@@ -22,8 +22,8 @@ SIL_PADDED_WIDTH = 64
 SIL_WIDTH = 44
 _SIDE_CUT = (SIL_PADDED_WIDTH - SIL_WIDTH) // 2
 
-RejectReason = Literal["empty", "tiny", "truncated", "wide"]
-REJECT_REASONS: tuple[RejectReason, ...] = ("empty", "tiny", "truncated", "wide")
+RejectReason = Literal["empty", "tiny", "truncated", "wide", "sparse", "fragmented", "partial"]
+REJECT_REASONS: tuple[RejectReason, ...] = ("empty", "tiny", "truncated", "wide", "sparse", "fragmented", "partial")
 
 
 @dataclass(frozen=True)
@@ -139,3 +139,16 @@ def pretreat_silhouette(
                              touches_left=touches_left, touches_right=touches_right, min_height_px=min_height_px,
                              max_width_ratio=max_width_ratio)
     return result if isinstance(result, Rejection) else cut_sides(result.silhouette)
+
+
+def mirror_silhouettes(silhouettes: NDArray[np.uint8]) -> NDArray[np.uint8]:
+    """(..., 64, 44) -> the same walkers mirrored left-right, still centred as `pretreat_silhouette` centres them.
+
+    Pretreatment puts the horizontal centre of mass on column 22 of 44; a plain flip would move it to column 21,
+    so the flipped image is shifted one column right. Walking direction is a nuisance for gait recognition (a
+    network trained on people walking one way embeds the other way poorly), and this is how a walk is turned.
+    """
+    flipped = silhouettes[..., ::-1]
+    out = np.zeros_like(silhouettes)
+    out[..., 1:] = flipped[..., :-1]
+    return out

@@ -95,6 +95,48 @@ def crop_box(
     return left, top, right, bottom
 
 
+@dataclass(frozen=True)
+class MaskQuality:
+    """What a person mask must be like to become a silhouette, beyond pretreatment's own checks.
+
+    Each limit names a way real masks go wrong (`tools/eval_wild.py` measured them on KTH and the shared clips):
+    near-empty masks of a person the segmenter lost (`sparse`: fill of the tracker's box), masks in pieces whose
+    stray blobs would set the crop's rows and with them the scale (`fragmented`: share of the largest piece; pieces
+    under `min_piece_share` of the mask are dropped first), and masks covering only part of the tracked person
+    (`partial`: mask height over box height).
+    """
+
+    min_fill_ratio: float = 0.15
+    min_largest_share: float = 0.6
+    min_piece_share: float = 0.02
+    min_height_ratio: float = 0.7
+
+
+def clean_person_mask(mask: NDArray[np.bool_], box_xyxy_px: NDArray[np.float32] | None,
+                      quality: MaskQuality) -> NDArray[np.bool_] | Rejection:
+    """The mask without specks, or why it cannot stand for the tracked person (see `MaskQuality`)."""
+    binary = np.asarray(mask, np.uint8)
+    total = int(binary.sum())
+    if total == 0:
+        return Rejection("empty", "mask has no foreground pixels")
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    if areas.max() < quality.min_largest_share * total:
+        return Rejection("fragmented", f"largest piece holds {areas.max() / total:.0%} of the mask")
+    keep = np.flatnonzero(areas >= quality.min_piece_share * total) + 1
+    cleaned = np.isin(labels, keep) if len(keep) < count - 1 else binary.astype(bool)
+    if box_xyxy_px is not None:
+        box_w = float(box_xyxy_px[2] - box_xyxy_px[0])
+        box_h = float(box_xyxy_px[3] - box_xyxy_px[1])
+        fill = int(cleaned.sum()) / max(1.0, box_w * box_h)
+        if fill < quality.min_fill_ratio:
+            return Rejection("sparse", f"mask fills {fill:.0%} of the person's box")
+        rows = np.flatnonzero(cleaned.any(axis=1))
+        if box_h > 0 and (rows[-1] - rows[0] + 1) < quality.min_height_ratio * box_h:
+            return Rejection("partial", f"mask covers {(rows[-1] - rows[0] + 1) / box_h:.0%} of the box height")
+    return cleaned
+
+
 def pretreat_track_mask(
     track: TrackMask,
     frame_hw: tuple[int, int],
@@ -102,13 +144,21 @@ def pretreat_track_mask(
     edge_tolerance_px: int = 2,
     min_height_px: int = 48,
     max_width_ratio: float = 1.0,
+    box_xyxy_px: NDArray[np.float32] | None = None,
+    quality: MaskQuality | None = None,
 ) -> NDArray[np.uint8] | Rejection:
     """A track's mask -> (64, 44) uint8 silhouette, or why not.
 
+    With `quality`, the mask is first cleaned and checked against the tracker's `box_xyxy_px` (`clean_person_mask`).
     A mask that comes within `edge_tolerance_px` of a frame border belongs to a person cut off by it: network
     masks often stop a pixel or two short of the border they were cut at.
     """
     mask = np.asarray(track.mask, bool)
+    if quality is not None:
+        cleaned = clean_person_mask(mask, box_xyxy_px, quality)
+        if isinstance(cleaned, Rejection):
+            return cleaned
+        mask = cleaned
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     if rows.size == 0:
         return pretreat_silhouette(mask, min_height_px=min_height_px, max_width_ratio=max_width_ratio)

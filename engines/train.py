@@ -72,6 +72,9 @@ class DataSection(_Section):
     p: int = Field(8, ge=2, description="identities per batch")
     k: int = Field(8, ge=2, description="sequences per identity per batch")
     augment: AugmentConfig = AugmentConfig()
+    walk_direction: Literal["right_to_left", "left_to_right"] | None = Field(
+        "right_to_left", description="which way the training walkers cross the image before any flip (CASIA-B: "
+        "right to left); recorded in the weights so the pipeline mirrors walks to it (stages.gait)")
 
 
 class Branch3DSection(_Section):
@@ -497,13 +500,21 @@ class Trainer:
 
     def metadata(self) -> dict[str, Any]:
         """What a weights file records about how it was trained (JSON-safe)."""
-        return {
-            "step": self.step,
-            "train_config": json.loads(self.config.model_dump_json()),
-            "dataset": "CASIA-B (research use only; models trained on it inherit that restriction)"
-                       + ("" if self.synthetic is None else " + synthetic 3D gait (tools/make_synthetic.py)"),
-            "torch": str(torch.__version__),
-        }
+        return weights_metadata(self.config, self.step)
+
+
+def weights_metadata(config: TrainConfig, step: int, **extra: Any) -> dict[str, Any]:
+    """What a weights file records about its training (JSON-safe), including the walking direction the pipeline
+    mirrors walks to (`walk_direction`)."""
+    return {
+        "step": step,
+        **extra,
+        "train_config": json.loads(config.model_dump_json()),
+        "dataset": "CASIA-B (research use only; models trained on it inherit that restriction)"
+                   + ("" if config.synthetic is None else " + synthetic 3D gait (tools/make_synthetic.py)"),
+        "walk_direction": config.data.walk_direction,
+        "torch": str(torch.__version__),
+    }
 
 
 def _labels(keys: list[Any], offset: int) -> tuple[NDArray[np.int64], int]:
@@ -548,13 +559,6 @@ def export_weights(config: TrainConfig, checkpoint: Path | None, out: Path) -> P
     data = load_checkpoint(source)
     model = build_model(data.get("model_kind", "gaitbase"), data["model_config"])
     model.load_state_dict(data["model"])
-    metadata = {
-        "step": int(data["step"]),
-        "checkpoint": Path(source).name,
-        "train_config": json.loads(config.model_dump_json()),
-        "dataset": "CASIA-B (research use only; models trained on it inherit that restriction)"
-                   + ("" if config.synthetic is None else " + synthetic 3D gait (tools/make_synthetic.py)"),
-        "torch": str(torch.__version__),
-    }
+    metadata = weights_metadata(config, int(data["step"]), checkpoint=Path(source).name)
     save_weights(model, out, name=config.name, metadata=metadata)
     return Path(out)

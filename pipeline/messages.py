@@ -28,7 +28,7 @@ from numpy.typing import NDArray
 
 from pipeline.errors import SchemaError, StaleFrame
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: Embeddings.accept_distance
 FrameEncoding = Literal["shm", "raw", "jpeg"]
 
 
@@ -125,7 +125,8 @@ class Embeddings:
 
     `parts` lets a matcher reshape to (k, parts, D // parts) for OpenGait's part-averaged distance; `encoder`
     names the weights that produced them; `window_frames` is the number of silhouettes in each window, and
-    `final` marks the embedding computed when the track ended.
+    `final` marks the embedding computed when the track ended. `accept_distance` is the open-set threshold
+    calibrated for that encoder (its weights' metadata), None when it was never calibrated.
     """
 
     track_ids: NDArray[np.int64]
@@ -134,6 +135,7 @@ class Embeddings:
     final: NDArray[np.bool_]
     parts: int
     encoder: str
+    accept_distance: float | None = None
 
     def __post_init__(self) -> None:
         _check_array("Embeddings", "track_ids", self.track_ids, np.int64, (None,))

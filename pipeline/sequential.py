@@ -1,8 +1,9 @@
 """The same stages composed in one process, one frame at a time, with no sockets or shared memory.
 
-Two uses: tools that need a pipeline's results in their own process (enrolment reads the embeddings of a chosen
-track), and the baseline the multi-process pipeline is measured against (`tools/bench.py pipeline`), which is how the
-published gait demos run: decode, detect, segment, encode, match, draw, one after the other.
+Three uses: tools that need a pipeline's results in their own process (enrolment reads the embeddings of a chosen
+track; the cross-scene evaluation replays cached detections into the later stages), and the baseline the
+multi-process pipeline is measured against (`tools/bench.py pipeline`), which is how the published gait demos run:
+decode, detect, segment, encode, match, draw, one after the other.
 Must not import `stages` or `engines`: the stage classes come in as arguments.
 """
 
@@ -10,13 +11,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
+from pipeline.config import StreamSpec
 from pipeline.messages import DataMessage, EndOfStream, Frame, FrameRecord
 from pipeline.metrics import ProcessMetrics
 from pipeline.stage import SourceStage, Stage, StageContext
@@ -38,6 +40,99 @@ def _context(name: str, run_dir: Path, streams: tuple[str, ...]) -> StageContext
                         metrics=ProcessMetrics(name, time.monotonic))
 
 
+class StageChain:
+    """Stages of `graph` opened in this process; `push` runs messages through all of them, in graph order.
+
+    A context manager: `with StageChain(...) as chain:` opens every stage and closes the opened ones, last first,
+    however the block ends. `stage_seconds` accumulates the time each stage spent.
+    """
+
+    def __init__(self, config: Any, stage_classes: Mapping[str, type[Stage]], graph: Sequence[str], *,
+                 run_dir: Path = Path(".")) -> None:
+        streams = tuple(spec.id for spec in config.streams)
+        self.graph = tuple(graph)
+        self.stages = [stage_classes[name](getattr(config.stages, name), _context(name, run_dir, streams))
+                       for name in self.graph]
+        self.stage_seconds = {name: 0.0 for name in self.graph}
+        self._opened: list[Stage] = []
+
+    def __enter__(self) -> StageChain:
+        try:
+            for stage in self.stages:
+                stage.open()
+                self._opened.append(stage)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def push(self, messages: Sequence[DataMessage]) -> list[DataMessage]:
+        """Every message through every stage, then one tick each; returns the last stage's output.
+
+        Consecutive records reach each stage in one `process_batch` call (a detector with several workers predicts
+        them side by side); an end-of-stream is handled after the records before it.
+        """
+        out_messages = list(messages)
+        for name, stage in zip(self.graph, self.stages):
+            tick = time.perf_counter()
+            out: list[DataMessage] = []
+            pending: list[FrameRecord] = []
+            for message in out_messages:  # consecutive records go in one batch, as the process runner gives them
+                if isinstance(message, EndOfStream):
+                    out += stage.process_batch(pending) if pending else []
+                    pending = []
+                    out += stage.on_end_of_stream(message)
+                else:
+                    pending.append(message)  # type: ignore[arg-type]
+            out += stage.process_batch(pending) if pending else []
+            stage.on_tick(time.monotonic())
+            self.stage_seconds[name] += time.perf_counter() - tick
+            out_messages = out
+        return out_messages
+
+    def close(self) -> None:
+        while self._opened:
+            stage = self._opened.pop()
+            try:
+                stage.close()
+            except Exception:  # closing must not hide the error that got us here
+                log.exception("closing stage %s failed", stage.name)
+
+
+def read_stream(source_stage: SourceStage, spec: StreamSpec, *, max_seconds: float | None = None,
+                progress: bool = False, timing: dict[str, float] | None = None) -> Iterator[DataMessage]:
+    """The FrameRecords of one input in order, then its EndOfStream, as a batch-mode source sends them.
+
+    A stream that cannot be opened raises the source's `SourceError`. `max_seconds` of media time stops the stream
+    early (live streams never end by themselves). Decode time is added to `timing["source"]` when given.
+    """
+    source = source_stage.open_source(spec, realtime=False)
+    source.open()
+    frames, stopped_early = 0, False
+    try:
+        with tqdm(total=getattr(source, "frame_count", None), desc=spec.id, unit="frame", disable=not progress,
+                  leave=False) as bar:
+            while True:
+                tick = time.perf_counter()
+                captured = source.read()
+                if timing is not None:
+                    timing["source"] = timing.get("source", 0.0) + time.perf_counter() - tick
+                if captured is None or (max_seconds is not None and captured.pts_s >= max_seconds):
+                    stopped_early = captured is not None
+                    break
+                height, width = captured.pixels.shape[:2]
+                yield FrameRecord(spec.id, captured.index, 0, captured.capture_ns, captured.pts_s, source.fps,
+                                  Frame(height, width, captured.pixels))
+                frames += 1
+                bar.update(1)
+    finally:
+        source.close()
+    yield EndOfStream(spec.id, 0, frames, "stopped" if stopped_early else "end", "", spec.uri)
+
+
 def run_sequential(
     config: Any,
     stage_classes: Mapping[str, type[Stage]],
@@ -53,64 +148,22 @@ def run_sequential(
     end-of-stream messages) is handed to `on_output`. A stream that cannot be opened raises the source's
     `SourceError`. `max_seconds` of media time stops each stream early (live streams never end by themselves).
     """
-    graph: Sequence[str] = config.graph
     streams = tuple(spec.id for spec in config.streams)
     source_cls = stage_classes["source"]
     assert issubclass(source_cls, SourceStage)
     source_stage = source_cls(config.stages.source, _context("source", run_dir, streams))
-    stages = [stage_classes[name](getattr(config.stages, name), _context(name, run_dir, streams)) for name in graph]
-    result = SequentialRun(stage_seconds={"source": 0.0, **{name: 0.0 for name in graph}})
+    result = SequentialRun()
+    timing: dict[str, float] = {"source": 0.0}
     started = time.perf_counter()
-    opened: list[Stage] = []
-    try:
-        for stage in stages:
-            stage.open()
-            opened.append(stage)
+    with StageChain(config, stage_classes, config.graph, run_dir=run_dir) as chain:
         for spec in config.streams:
-            source = source_stage.open_source(spec, realtime=False)
-            source.open()
-            frames, stopped_early = 0, False
-            with tqdm(total=getattr(source, "frame_count", None), desc=spec.id, unit="frame", disable=not progress,
-                      leave=False) as bar:
-                while True:
-                    tick = time.perf_counter()
-                    captured = source.read()
-                    result.stage_seconds["source"] += time.perf_counter() - tick
-                    if captured is None or (max_seconds is not None and captured.pts_s >= max_seconds):
-                        stopped_early = captured is not None
-                        break
-                    height, width = captured.pixels.shape[:2]
-                    record = FrameRecord(spec.id, captured.index, 0, captured.capture_ns, captured.pts_s, source.fps,
-                                         Frame(height, width, captured.pixels))
-                    _through(stages, graph, [record], result, on_output)
-                    frames += 1
-                    bar.update(1)
-            source.close()
+            frames = 0
+            for message in read_stream(source_stage, spec, max_seconds=max_seconds, progress=progress,
+                                       timing=timing):
+                frames += isinstance(message, FrameRecord)
+                for output in chain.push([message]):
+                    on_output(output)
             result.frames[spec.id] = frames
-            reason = "stopped" if stopped_early else "end"
-            _through(stages, graph, [EndOfStream(spec.id, 0, frames, reason, "", spec.uri)], result, on_output)
-    finally:
-        for stage in reversed(opened):
-            try:
-                stage.close()
-            except Exception:  # closing must not hide the error that got us here
-                log.exception("closing stage %s failed", stage.name)
+        result.stage_seconds = {**timing, **chain.stage_seconds}
     result.wall_seconds = time.perf_counter() - started
     return result
-
-
-def _through(stages: list[Stage], graph: Sequence[str], messages: list[DataMessage], result: SequentialRun,
-             on_output: Callable[[DataMessage], None]) -> None:
-    for name, stage in zip(graph, stages):
-        tick = time.perf_counter()
-        out: list[DataMessage] = []
-        for message in messages:
-            if isinstance(message, EndOfStream):
-                out += stage.on_end_of_stream(message)
-            else:
-                out += stage.process_batch([message])
-        stage.on_tick(time.monotonic())
-        result.stage_seconds[name] += time.perf_counter() - tick
-        messages = out
-    for message in messages:
-        on_output(message)

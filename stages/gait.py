@@ -1,10 +1,12 @@
 """gait: keeps a window of silhouettes per track and turns full windows into gait embeddings.
 
 Every `stride_frames` new silhouettes, once a track has `window_frames` of them, its latest window is encoded;
-when a track ends, one final window (at least `min_frames`) is encoded too. Windows that become ready in the same
-batch of frames, from any tracks and streams, go through the encoder in one call (grouped by length), which is
-where a GPU earns its keep. Buffers are keyed by (stream, track) and deleted at track end, at end of stream, or
-after `track_timeout_s` without a silhouette.
+when a track ends, one final window (at least `min_frames`) is encoded too. A window whose walker crosses the
+image the other way than the encoder's training data walked is mirrored first (`canonical_direction`): the
+direction comes from the track's boxes, and frontal walks, which cross little, are left as they are. Windows that
+become ready in the same batch of frames, from any tracks and streams, go through the encoder in one call (grouped
+by length), which is where a GPU earns its keep. Buffers are keyed by (stream, track) and deleted at track end, at
+end of stream, or after `track_timeout_s` without a silhouette.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import Field, model_validator
 
+from engines.pretreat import mirror_silhouettes
 from pipeline.config import ConfigPath, StageConfig
 from pipeline.messages import DataMessage, Embeddings, EndOfStream, FrameRecord
 from pipeline.stage import Stage
@@ -40,6 +43,11 @@ class GaitConfig(StageConfig):
     stride_frames: int = Field(15, ge=1, description="new silhouettes between two embeddings of a track")
     min_frames: int = Field(15, ge=1, description="fewest silhouettes for the final embedding of a track")
     track_timeout_s: float = Field(30.0, gt=0, description="forget a track with no silhouette for this long")
+    canonical_direction: Literal["auto", "none", "right_to_left", "left_to_right"] = Field(
+        "auto", description="mirror walks so everyone crosses the image this way; auto: the encoder's training "
+        "direction (weights metadata `walk_direction`), none when unknown")
+    min_lateral_travel: float = Field(
+        0.3, ge=0, description="sideways travel over a window, in person heights, that decides its direction")
 
     @model_validator(mode="after")
     def _min_within_window(self) -> GaitConfig:
@@ -48,18 +56,37 @@ class GaitConfig(StageConfig):
         return self
 
 
+Direction = Literal["right_to_left", "left_to_right"]
+
+
 class SilhouetteBuffer:
-    """The latest `window_frames` silhouettes of one track, and how many arrived since its last embedding."""
+    """The latest `window_frames` silhouettes of one track with their boxes' centre and height, and how many
+    arrived since its last embedding."""
 
     def __init__(self, window_frames: int, now_s: float) -> None:
         self.frames: deque[NDArray[np.uint8]] = deque(maxlen=window_frames)
+        self.centres_x: deque[float] = deque(maxlen=window_frames)
+        self.heights: deque[float] = deque(maxlen=window_frames)
         self.new_since_embedding = 0
         self.last_seen_s = now_s
+        self.direction: Direction | None = None  # the last window's that was clear
 
-    def push(self, silhouette: NDArray[np.uint8], now_s: float) -> None:
+    def push(self, silhouette: NDArray[np.uint8], box_xyxy_px: NDArray[np.float32], now_s: float) -> None:
         self.frames.append(silhouette)
+        self.centres_x.append(float(box_xyxy_px[0] + box_xyxy_px[2]) / 2)
+        self.heights.append(float(box_xyxy_px[3] - box_xyxy_px[1]))
         self.new_since_embedding += 1
         self.last_seen_s = now_s
+
+    def walking_direction(self, min_travel: float) -> Direction | None:
+        """Which way the walker crosses the image over the buffered frames (least-squares fit of the box centres),
+        when they travel at least `min_travel` person heights sideways; else the last clear direction."""
+        if len(self.centres_x) >= 2:
+            slope = np.polyfit(np.arange(len(self.centres_x)), np.asarray(self.centres_x), 1)[0]
+            travel = slope * (len(self.centres_x) - 1) / max(1.0, float(np.median(self.heights)))
+            if abs(travel) >= min_travel:
+                self.direction = "left_to_right" if travel > 0 else "right_to_left"
+        return self.direction
 
     def take_window(self) -> NDArray[np.uint8]:
         """(T, 64, 44) copy of the buffered silhouettes; resets the count since the last embedding."""
@@ -83,6 +110,7 @@ class GaitStage(Stage):
         config: GaitConfig = self.config  # type: ignore[assignment]
         self.buffers: dict[tuple[str, int], SilhouetteBuffer] = {}
         self.encoder: GaitEncoder | None = None
+        self.canonical: Direction | None = None
         if config.encoder is None:
             log.warning("no gait encoder configured (stages.gait.encoder): tracks get no embeddings")
             return
@@ -90,8 +118,13 @@ class GaitStage(Stage):
 
         self.encoder = open_encoder(Path(config.encoder), backend=config.backend, device=config.device,
                                     threads=config.threads)
-        log.info("gait encoder %s backend=%s dim=%d parts=%d", self.encoder.name, self.encoder.backend,
-                 self.encoder.embedding_dim, self.encoder.parts)
+        if config.canonical_direction == "auto":
+            self.canonical = self.encoder.walk_direction
+        elif config.canonical_direction != "none":
+            self.canonical = config.canonical_direction
+        log.info("gait encoder %s backend=%s dim=%d parts=%d; walks mirrored to %s", self.encoder.name,
+                 self.encoder.backend, self.encoder.embedding_dim, self.encoder.parts,
+                 (self.canonical or "none").replace("_", " "))
 
     # --- windows -----------------------------------------------------------------------------------------------
     def _collect(self, index: int, message: FrameRecord | EndOfStream, now_s: float) -> list[_Window]:
@@ -99,18 +132,29 @@ class GaitStage(Stage):
         windows = []
         stream = message.stream_id
         if isinstance(message, FrameRecord) and message.silhouettes is not None:
+            rows = {t: i for i, t in enumerate(message.tracks.track_ids.tolist())}
             for track_id, image in zip(message.silhouettes.track_ids.tolist(), message.silhouettes.images):
                 buffer = self.buffers.get((stream, track_id))
                 if buffer is None:
                     buffer = self.buffers[(stream, track_id)] = SilhouetteBuffer(config.window_frames, now_s)
-                buffer.push(image, now_s)
+                buffer.push(image, message.tracks.boxes_xyxy_px[rows[track_id]], now_s)
                 if len(buffer.frames) == config.window_frames and buffer.new_since_embedding >= config.stride_frames:
-                    windows.append(_Window(index, track_id, buffer.take_window(), final=False))
+                    windows.append(_Window(index, track_id, self._window(buffer), final=False))
         for track_id in message.ended_track_ids.tolist():
             buffer = self.buffers.pop((stream, track_id), None)
             if buffer is not None and buffer.new_since_embedding and len(buffer.frames) >= config.min_frames:
-                windows.append(_Window(index, track_id, buffer.take_window(), final=True))
+                windows.append(_Window(index, track_id, self._window(buffer), final=True))
         return windows
+
+    def _window(self, buffer: SilhouetteBuffer) -> NDArray[np.uint8]:
+        """The buffer's window, turned to the canonical walking direction when the walker goes the other way."""
+        config: GaitConfig = self.config  # type: ignore[assignment]
+        direction = buffer.walking_direction(config.min_lateral_travel)
+        window = buffer.take_window()
+        if self.canonical is not None and direction is not None and direction != self.canonical:
+            self.context.metrics.inc("windows_mirrored_total")
+            return mirror_silhouettes(window)
+        return window
 
     def _encode(self, windows: list[_Window]) -> NDArray[np.float32]:
         """One encoder call per window length (tracks ending early have shorter windows)."""
@@ -138,6 +182,7 @@ class GaitStage(Stage):
                 final=np.asarray([windows[i].final for i in rows], np.bool_),
                 parts=self.encoder.parts,
                 encoder=self.encoder.name,
+                accept_distance=self.encoder.accept_distance,
             ))
         return out
 

@@ -1,9 +1,11 @@
-"""match: turns track embeddings into identities (a gallery name or `unknown`), voted over time per track.
+"""match: turns track embeddings into identities (a gallery name or `unknown`), from the whole walk seen so far.
 
-Each embedding window gets an open-set decision against the gallery (`engines.matching`); a `TrackVote` per
-(stream, track) turns the recent decisions into a label that does not flicker. Every frame carries the current
-label of each of its tracks; frames on which a track got a new decision mark it `decided`, which is when the sink
-writes an `identity` event with the top-k candidates. The gallery file is re-read when another process (an
+Each new embedding window of a track joins the track's evidence (`engines.matching.TrackEvidence`: the
+frame-weighted mean of all its windows), and the walk, not the window, gets the open-set decision against the
+gallery: named only when close enough (`accept_distance`, by default the encoder's own calibrated threshold) and
+clearly closer than the runner-up (`margin_ratio`), otherwise `unknown` with its candidates. Every frame carries
+the current label of each of its tracks; frames on which a track got a new decision mark it `decided`, which is
+when the sink writes an `identity` event with the top-k candidates. The gallery file is re-read when another process (an
 enrolment) commits to it. With `auto_enroll`, a track that ends as `unknown` is added to the gallery as an
 anonymous identity, so the same stranger is recognised later and on other cameras.
 """
@@ -18,7 +20,7 @@ import numpy as np
 from pydantic import Field
 
 from engines.gallery import GalleryStore, resolve_gallery_path
-from engines.matching import UNKNOWN, GalleryIndex, Match, TrackVote, decide_identity
+from engines.matching import UNKNOWN, GalleryIndex, Match, TrackEvidence, decide_identity
 from pipeline.config import ConfigPath, StageConfig
 from pipeline.messages import Candidate, DataMessage, Embeddings, EndOfStream, FrameRecord, Identities
 from pipeline.stage import Stage
@@ -31,21 +33,27 @@ class MatchConfig(StageConfig):
 
     gallery: ConfigPath | None = Field(None, 
                                       description="SQLite gallery; default $GAITSTREAM_GALLERY or ./gallery.sqlite")
-    accept_distance: float = Field(
-        0.40, gt=0, lt=2, description="largest part-averaged cosine distance accepted as a match (calibrated)"
-    )
+    accept_distance: float | None = Field(
+        None, gt=0, lt=2, description="largest part-averaged cosine distance accepted as a match; null: the "
+        "threshold calibrated for the encoder (its weights' metadata, tools/eval_wild.py --calibrate)")
+    margin_ratio: float = Field(
+        0.9, gt=0, le=1, description="name the closest identity only if its distance is at most this times the "
+        "runner-up's (1: no margin)")
     top_k: int = Field(3, ge=1, description="candidates reported with each decision")
-    vote_windows: int = Field(5, ge=1, description="recent window decisions a track's label is voted from")
-    min_agreeing: int = Field(2, ge=1, description="votes a new label needs before the track switches to it")
-    track_timeout_s: float = Field(30.0, gt=0, description="forget the votes of a track silent this long")
+    track_timeout_s: float = Field(30.0, gt=0, description="forget the evidence of a track silent this long")
     reload_interval_s: float = Field(2.0, gt=0, description="how often to look for gallery changes")
     auto_enroll: bool = Field(False, description="add tracks that end unknown as anonymous identities")
     auto_enroll_min_windows: int = Field(2, ge=1, description="windows an unknown track needs to be auto-enrolled")
 
 
+#: Used when neither the config nor the encoder's weights give a threshold: the compact CASIA-B encoders' 1 % FAR.
+FALLBACK_ACCEPT_DISTANCE = 0.34
+
+
 @dataclasses.dataclass
 class _TrackState:
-    vote: TrackVote
+    evidence: TrackEvidence
+    label: tuple[str, float] = (UNKNOWN, 0.0)
     candidates: tuple[Candidate, ...] = ()
     vectors: list[np.ndarray] = dataclasses.field(default_factory=list)
 
@@ -64,6 +72,7 @@ class MatchStage(Stage):
         self.tracks: dict[tuple[str, int], _TrackState] = {}
         self.anonymous_count = 0
         self.last_encoder: tuple[str, int] | None = None  # (name, parts) of the embeddings seen, for auto-enrol
+        self.warned_uncalibrated = False
         self._reload(force=True)
 
     # --- gallery -------------------------------------------------------------------------------------------------
@@ -90,41 +99,59 @@ class MatchStage(Stage):
         if now_s >= self.next_reload_s:
             self.next_reload_s = now_s + config.reload_interval_s
             self._reload()
-        stale = [key for key, t in self.tracks.items() if now_s - t.vote.last_seen_s > config.track_timeout_s]
+        stale = [key for key, t in self.tracks.items() if now_s - t.evidence.last_seen_s > config.track_timeout_s]
         for key in stale:
             del self.tracks[key]
 
     # --- decisions ---------------------------------------------------------------------------------------------
-    def _matches(self, embeddings: Embeddings) -> list[list[Match]]:
-        config: MatchConfig = self.config  # type: ignore[assignment]
+    def _can_match(self, embeddings: Embeddings) -> bool:
         if self.index is None or not len(self.index):
-            return [[] for _ in range(len(embeddings.track_ids))]
+            return False
         if self.index.encoder != embeddings.encoder:
             self.context.metrics.inc("dropped_total", len(embeddings.track_ids), reason="encoder_mismatch")
             log.warning("gallery encoder %s differs from the pipeline's %s: cannot match (re-enrol)",
                         self.index.encoder, embeddings.encoder)
-            return [[] for _ in range(len(embeddings.track_ids))]
-        return self.index.query(embeddings.vectors, config.top_k)
+            return False
+        return True
+
+    def _accept_distance(self, embeddings: Embeddings) -> float:
+        config: MatchConfig = self.config  # type: ignore[assignment]
+        if config.accept_distance is not None:
+            return config.accept_distance
+        if embeddings.accept_distance is not None:
+            return embeddings.accept_distance
+        if not self.warned_uncalibrated:
+            self.warned_uncalibrated = True
+            log.warning("encoder %s carries no calibrated accept_distance and stages.match.accept_distance is not "
+                        "set: using %.2f (calibrate with tools/eval_wild.py --calibrate)", embeddings.encoder,
+                        FALLBACK_ACCEPT_DISTANCE)
+        return FALLBACK_ACCEPT_DISTANCE
 
     def _decide(self, stream_id: str, embeddings: Embeddings | None, now_s: float) -> set[int]:
-        """Vote each embedding window into its track; returns the track ids decided now."""
+        """Add each new window to its track's evidence and decide the walk; returns the track ids decided now."""
         config: MatchConfig = self.config  # type: ignore[assignment]
         if embeddings is None or not len(embeddings.track_ids):
             return set()
+        can_match = self._can_match(embeddings)
+        accept = self._accept_distance(embeddings)
         decided = set()
-        for track_id, vector, matches in zip(embeddings.track_ids.tolist(), embeddings.vectors,
-                                             self._matches(embeddings)):
+        for track_id, vector, frames in zip(embeddings.track_ids.tolist(), embeddings.vectors,
+                                            embeddings.window_frames.tolist()):
             state = self.tracks.get((stream_id, track_id))
             if state is None:
-                state = self.tracks[(stream_id, track_id)] = _TrackState(
-                    TrackVote(config.vote_windows, config.min_agreeing, now_s))
-            name, confidence = decide_identity(matches, config.accept_distance)
-            distance = matches[0].distance if matches else 2.0
-            if state.vote.add(name, confidence, distance, now_s):
-                log.info("identity stream=%s track=%d identity=%s confidence=%.2f", stream_id, track_id,
-                         state.vote.label[0], state.vote.label[1])
-            state.candidates = tuple(Candidate(m.name, m.distance) for m in matches)
+                state = self.tracks[(stream_id, track_id)] = _TrackState(TrackEvidence(embeddings.parts, now_s))
+            state.evidence.add(vector, frames, now_s)
             state.vectors.append(np.asarray(vector, np.float32))
+            matches: list[Match] = []
+            if can_match:
+                assert self.index is not None
+                matches = self.index.query(state.evidence.embedding()[None], max(config.top_k, 2))[0]
+            name, confidence = decide_identity(matches, accept, config.margin_ratio)
+            if name != state.label[0]:
+                log.info("identity stream=%s track=%d identity=%s confidence=%.2f windows=%d", stream_id, track_id,
+                         name, confidence, state.evidence.windows)
+            state.label = (name, confidence)
+            state.candidates = tuple(Candidate(m.name, m.distance) for m in matches[:config.top_k])
             decided.add(track_id)
             self.context.metrics.inc("decisions_total", outcome="unknown" if name == UNKNOWN else "match")
         return decided
@@ -134,8 +161,8 @@ class MatchStage(Stage):
         states = [self.tracks[(stream_id, t)] for t in known]
         return Identities(
             track_ids=np.asarray(known, np.int64),
-            names=tuple(s.vote.label[0] for s in states),
-            scores=np.asarray([s.vote.label[1] for s in states], np.float32),
+            names=tuple(s.label[0] for s in states),
+            scores=np.asarray([s.label[1] for s in states], np.float32),
             decided=np.asarray([t in decided for t in known], np.bool_),
             candidates=tuple(s.candidates for s in states),
         )
@@ -144,7 +171,7 @@ class MatchStage(Stage):
         config: MatchConfig = self.config  # type: ignore[assignment]
         for track_id in track_ids:
             state = self.tracks.pop((stream_id, track_id), None)
-            if state is None or not config.auto_enroll or state.vote.label[0] != UNKNOWN:
+            if state is None or not config.auto_enroll or state.label[0] != UNKNOWN:
                 continue
             if len(state.vectors) >= config.auto_enroll_min_windows and self.last_encoder is not None:
                 self._auto_enroll(stream_id, track_id, state, *self.last_encoder)

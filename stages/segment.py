@@ -2,8 +2,10 @@
 
 Masks come from `engines.segment` (the detector's own masks from YOLO-seg or background subtraction, a person
 segmenter on each track's crop, or Segment Anything with box prompts); `engines.pretreat` crops, centres and
-resizes them exactly as OpenGait's pretreatment does, so the encoder sees what it was trained on. Rejections
-(tiny, truncated at the frame edge, too wide, empty) are counted per reason and travel with the frame.
+resizes them exactly as OpenGait's pretreatment does, so the encoder sees what it was trained on. Masks are first
+cleaned of specks and checked against the tracker's box (`engines.segment.MaskQuality`). Rejections (tiny,
+truncated at the frame edge, too wide, empty, sparse, fragmented, partial) are counted per reason and travel with
+the frame.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import numpy as np
 from pydantic import Field, ValidationInfo, field_validator
 
 from engines.detect import Detections
-from engines.segment import Segmenter, SegmenterSettings, open_segmenter, pretreat_track_mask
+from engines.segment import MaskQuality, Segmenter, SegmenterSettings, open_segmenter, pretreat_track_mask
 from pipeline.config import StageConfig, resolve_config_path
 from pipeline.messages import DataMessage, FrameRecord, Rejections, Silhouettes
 from pipeline.stage import Stage
@@ -28,6 +30,11 @@ class SegmentConfig(StageConfig):
     min_height_px: int = Field(48, ge=8, description="shortest person (mask rows, source pixels) worth using")
     border_margin_px: int = Field(2, ge=0, description="a mask this close to a frame edge is a person cut off")
     max_width_ratio: float = Field(1.0, gt=0, description="masks wider than tall times this are not one walker")
+    min_fill_ratio: float = Field(0.15, ge=0, lt=1, description="a mask filling less of its box is a lost person")
+    min_largest_share: float = Field(0.6, ge=0, le=1, description="a mask whose largest piece holds less is "
+                                     "fragmented")
+    min_height_ratio: float = Field(0.7, ge=0, le=1, description="a mask shorter than this share of its box "
+                                    "covers only part of the person")
 
     @field_validator("segmenter")
     @classmethod
@@ -44,6 +51,8 @@ class SegmentStage(Stage):
     def open(self) -> None:
         config: SegmentConfig = self.config  # type: ignore[assignment]
         self.segmenter: Segmenter = open_segmenter(config.segmenter.model_copy(update={"threads": config.threads}))
+        self.quality = MaskQuality(min_fill_ratio=config.min_fill_ratio, min_largest_share=config.min_largest_share,
+                                   min_height_ratio=config.min_height_ratio)
 
     def process(self, record: FrameRecord) -> list[DataMessage]:
         config: SegmentConfig = self.config  # type: ignore[assignment]
@@ -52,10 +61,11 @@ class SegmentStage(Stage):
         masks = self.segmenter.masks(record.frame.pixels, detections) if len(tracks) else []
         frame_hw = (record.frame.height_px, record.frame.width_px)
         kept_ids, images, rejected_ids, reasons = [], [], [], []
-        for track_id, track_mask in zip(tracks.track_ids.tolist(), masks):
+        for track_id, box, track_mask in zip(tracks.track_ids.tolist(), tracks.boxes_xyxy_px, masks):
             result = None if track_mask is None else pretreat_track_mask(
                 track_mask, frame_hw, edge_tolerance_px=config.border_margin_px,
-                min_height_px=config.min_height_px, max_width_ratio=config.max_width_ratio)
+                min_height_px=config.min_height_px, max_width_ratio=config.max_width_ratio, box_xyxy_px=box,
+                quality=self.quality)
             if isinstance(result, np.ndarray):
                 kept_ids.append(track_id)
                 images.append(result)

@@ -17,7 +17,6 @@ import contextlib
 import logging
 import os
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,48 +26,12 @@ os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 from engines.errors import EngineError  # noqa: E402
 from engines.gallery import GalleryStore, resolve_gallery_path  # noqa: E402
 from pipeline.errors import GaitstreamError  # noqa: E402
-from pipeline.messages import EndOfStream, FrameRecord  # noqa: E402
 from pipeline.sequential import run_sequential  # noqa: E402
 from stages import load_pipeline_config, stage_registry  # noqa: E402
+from stages.tracks import TrackCollector, choose_track  # noqa: E402
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pipeline" / "default.yaml"
 ENROL_GRAPH = ["detect_track", "segment", "gait"]
-
-
-@dataclass
-class TrackSummary:
-    """What one track of the enrolment video yielded."""
-
-    track_id: int
-    first_frame: int
-    last_frame: int
-    silhouettes: int = 0
-    embeddings: list[np.ndarray] = field(default_factory=list)
-
-
-@dataclass
-class TrackCollector:
-    """Gathers, from the gait stage's output, each track's frames, silhouette count and embeddings."""
-
-    tracks: dict[int, TrackSummary] = field(default_factory=dict)
-    encoder: str | None = None
-    parts: int = 1
-
-    def __call__(self, message: FrameRecord | EndOfStream) -> None:
-        if isinstance(message, FrameRecord):
-            for track_id in message.tracks.track_ids.tolist():
-                track = self.tracks.setdefault(track_id, TrackSummary(track_id, message.seq, message.seq))
-                track.last_frame = message.seq
-            if message.silhouettes is not None:
-                for track_id in message.silhouettes.track_ids.tolist():
-                    self.tracks[track_id].silhouettes += 1
-        if message.embeddings is not None:
-            self.encoder, self.parts = message.embeddings.encoder, message.embeddings.parts
-            for track_id, vector in zip(message.embeddings.track_ids.tolist(), message.embeddings.vectors):
-                self.tracks[track_id].embeddings.append(vector)
-
-    def in_order(self) -> list[TrackSummary]:
-        return sorted(self.tracks.values(), key=lambda t: (t.first_frame, t.track_id))
 
 
 def collect_tracks(config_path: Path, source: str, *, rotate: str | None, max_seconds: float | None,
@@ -136,26 +99,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"enrolled {args.name}: {added} embeddings from track {track.track_id} (frames {track.first_frame}-"
           f"{track.last_frame}, {track.silhouettes} silhouettes) of {args.source} into {gallery_path}")
     return 0
-
-
-def choose_track(tracks: list[TrackSummary], track_id: int | None, source: str) -> TrackSummary:
-    """The requested track, or the only one with embeddings; an error that says what to do otherwise."""
-    usable = [t for t in tracks if t.embeddings]
-    if track_id is not None:
-        found = next((t for t in tracks if t.track_id == track_id), None)
-        if found is None:
-            known = ", ".join(str(t.track_id) for t in tracks) or "none"
-            raise GaitstreamError(f"{source}: no track {track_id} (tracks: {known}; see --list-tracks)")
-        if not found.embeddings:
-            raise GaitstreamError(f"{source}: track {track_id} has only {found.silhouettes} usable silhouettes, "
-                                  f"too few for a gait window")
-        return found
-    if len(usable) == 1:
-        return usable[0]
-    if not usable:
-        raise GaitstreamError(f"{source}: nobody walked long enough in view to enrol ({len(tracks)} tracks)")
-    listing = "; ".join(f"track {t.track_id} frames {t.first_frame}-{t.last_frame}" for t in usable)
-    raise GaitstreamError(f"{source}: {len(usable)} people ({listing}); choose one with --track-id")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -28,30 +28,55 @@ META_NAME = "gaitstream.encoder_name"
 META_PARTS = "gaitstream.parts"
 META_PART_DIM = "gaitstream.part_dim"
 META_SOURCE_SHA256 = "gaitstream.source_sha256"
+META_WALK_DIRECTION = "gaitstream.walk_direction"
+META_ACCEPT_DISTANCE = "gaitstream.accept_distance"
+WALK_DIRECTIONS = ("right_to_left", "left_to_right")
 
 
 @dataclass(frozen=True)
 class EncoderInfo:
-    """What a gallery needs to know about an encoder: its identity and embedding layout (P parts of C channels)."""
+    """What a gallery and a matcher need to know about an encoder: its identity, embedding layout (P parts of C
+    channels), the walking direction of its training data (`right_to_left`, `left_to_right`, or None when it saw
+    both or nobody recorded it) and the open-set threshold calibrated for it (None when never calibrated)."""
 
     name: str
     parts: int
     part_dim: int
     source_sha256: str | None = None
+    walk_direction: str | None = None
+    accept_distance: float | None = None
+
+    @classmethod
+    def from_weights(cls, info: dict[str, Any], parts: int, part_dim: int) -> EncoderInfo:
+        """From `load_gait_model`'s info dict: the weights' name and sha256, and their calibration metadata."""
+        metadata = info.get("metadata") or {}
+        direction = metadata.get("walk_direction")
+        accept = metadata.get("accept_distance")
+        return cls(name=info["name"], parts=parts, part_dim=part_dim, source_sha256=info["sha256"],
+                   walk_direction=direction if direction in WALK_DIRECTIONS else None,
+                   accept_distance=float(accept) if accept is not None else None)
 
     def to_metadata(self) -> dict[str, str]:
         """String key/values for ONNX `metadata_props` and the engine sidecar."""
         meta = {META_NAME: self.name, META_PARTS: str(self.parts), META_PART_DIM: str(self.part_dim)}
         if self.source_sha256:
             meta[META_SOURCE_SHA256] = self.source_sha256
+        if self.walk_direction:
+            meta[META_WALK_DIRECTION] = self.walk_direction
+        if self.accept_distance is not None:
+            meta[META_ACCEPT_DISTANCE] = repr(self.accept_distance)
         return meta
 
     @classmethod
     def from_metadata(cls, meta: dict[str, str]) -> EncoderInfo | None:
         """The info recorded by `to_metadata`, or None when the artefact was not written by gaitstream."""
         try:
+            direction = meta.get(META_WALK_DIRECTION)
+            accept = meta.get(META_ACCEPT_DISTANCE)
             return cls(name=meta[META_NAME], parts=int(meta[META_PARTS]), part_dim=int(meta[META_PART_DIM]),
-                       source_sha256=meta.get(META_SOURCE_SHA256))
+                       source_sha256=meta.get(META_SOURCE_SHA256),
+                       walk_direction=direction if direction in WALK_DIRECTIONS else None,
+                       accept_distance=float(accept) if accept is not None else None)
         except (KeyError, ValueError):
             return None
 

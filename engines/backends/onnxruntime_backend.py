@@ -42,8 +42,7 @@ def export_onnx(weights: Path, out: Path, opset: int = DEFAULT_OPSET) -> Encoder
     if opset < 17:
         raise EngineError(f"opset {opset} is too old; use 17 or newer")
     model, weights_info = load_gait_model(weights)
-    info = EncoderInfo(name=weights_info["name"], parts=model.config.parts, part_dim=model.config.part_dim,
-                       source_sha256=weights_info["sha256"])
+    info = EncoderInfo.from_weights(weights_info, model.config.parts, model.config.part_dim)
     wrapper = EmbeddingOnly(model).eval()
     example = torch.full((2, 8, 64, 44), 255.0)
     batch = torch.export.Dim("batch", min=1, max=4096)

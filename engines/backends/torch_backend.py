@@ -56,5 +56,4 @@ def open_torch(path: Path, device: str = "auto", threads: int | None = None) -> 
     """Load weights or a checkpoint (`WeightsNotFound` / `CheckpointError` as `load_gait_model` raises them)."""
     model, info = load_gait_model(path)
     backend = TorchBackend(EmbeddingOnly(model), device, threads)
-    return backend, EncoderInfo(name=info["name"], parts=model.config.parts, part_dim=model.config.part_dim,
-                                source_sha256=info["sha256"])
+    return backend, EncoderInfo.from_weights(info, model.config.parts, model.config.part_dim)

@@ -1,10 +1,20 @@
-"""Silhouette-sequence augmentations after OpenGait's `data/transform.py` (GaitBase's data-augmented configs).
+"""Silhouette-sequence augmentations: OpenGait's `data/transform.py` (GaitBase's data-augmented configs), plus the
+degradations that make CASIA-B's lab silhouettes look like the ones a pipeline cuts out of real footage.
 
 Each transform fires with its own probability and, as in OpenGait (`per_frame=False`), applies the same parameters to
-every frame of a sequence so the gait itself is not distorted. The geometric ones (rotation, affine, perspective)
-are composed into one homography and warped in a single OpenCV call over all T frames (about 0.2 ms per 30-frame
-sequence). Randomness comes only from the `numpy.random.Generator` passed in, which makes training resumable
-bit-exactly.
+every frame of a sequence so the gait itself is not distorted. The real-footage degradations, each with its reason:
+- `flip`: people walk both ways past real cameras; CASIA-B's walk one way per view (`pretreat.mirror_silhouettes`,
+  which keeps the pretreatment's centring).
+- `low_res`: a person 30-60 px tall (a far or low-resolution camera) loses the leg gaps and limb outlines; the
+  sequence is shrunk to such a height and scaled back up as pretreatment does.
+- `morph`: instance-segmentation masks are fatter and smoother than background subtraction's (merged legs and arms,
+  filled gaps); dilation, erosion or blur-then-threshold of 1-2 px.
+- `truncate`: masks that miss the feet or the head; pretreatment then stretches the rest to 64 rows.
+- `holes`: fragments and holes where the mask lost the person (per frame, unlike `erasing`).
+Frame-rate jitter is not needed: training draws frames unordered and GaitBase pools over time.
+The geometric transforms (rotation, affine, perspective) are composed into one homography and warped in a single
+OpenCV call over all T frames (about 0.2 ms per 30-frame sequence). Randomness comes only from the
+`numpy.random.Generator` passed in, which makes training resumable bit-exactly.
 
 Must not import `pipeline` or `stages`.
 """
@@ -15,6 +25,8 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field
+
+from engines.pretreat import Rejection, mirror_silhouettes, pretreat_padded
 
 
 class AugmentConfig(BaseModel):
@@ -29,6 +41,11 @@ class AugmentConfig(BaseModel):
     perspective_px: float = Field(4.0, ge=0, le=20, description="max corner displacement of RandomPerspective, px")
     flip_prob: float = Field(0.0, ge=0, le=1, description="OpenGait RandomHorizontalFlip")
     erasing_prob: float = Field(0.0, ge=0, le=1, description="OpenGait RandomErasing (one box, all frames)")
+    low_res_prob: float = Field(0.0, ge=0, le=1, description="shrink to a small person height and back")
+    low_res_height_px: tuple[int, int] = Field((24, 56), description="person heights drawn for low_res, px")
+    morph_prob: float = Field(0.0, ge=0, le=1, description="dilate, erode or blur-threshold the masks")
+    truncate_prob: float = Field(0.0, ge=0, le=1, description="cut 5-15 % of the rows at the feet or head")
+    holes_prob: float = Field(0.0, ge=0, le=1, description="small holes in random frames")
 
 
 def _rotation(rng: np.random.Generator, degrees: float, center: tuple[float, float]) -> NDArray[np.float64]:
@@ -76,7 +93,15 @@ def augment_sequence(
         )
         out = warped.reshape(height, width, -1).transpose(2, 0, 1)
     if rng.random() < config.flip_prob:
-        out = out[:, :, ::-1]
+        out = mirror_silhouettes(out)
+    if rng.random() < config.truncate_prob:
+        out = _truncate(out, rng)
+    if rng.random() < config.low_res_prob:
+        out = _low_res(out, int(rng.integers(config.low_res_height_px[0], config.low_res_height_px[1] + 1)))
+    if rng.random() < config.morph_prob:
+        out = _morph(out, rng)
+    if rng.random() < config.holes_prob:
+        out = _holes(out, rng)
     if rng.random() < config.erasing_prob:
         out = out.copy()
         area = rng.uniform(0.05, 0.2) * height * width
@@ -87,3 +112,78 @@ def augment_sequence(
         left = int(rng.integers(0, width - box_w + 1))
         out[:, top : top + box_h, left : left + box_w] = 0
     return np.ascontiguousarray(out)
+
+
+def _as_frames_last(frames: NDArray[np.uint8]) -> NDArray[np.uint8]:
+    """(T, H, W) -> (H, W, T) contiguous: OpenCV filters every frame in one call when frames are channels."""
+    return np.ascontiguousarray(frames.transpose(1, 2, 0))
+
+
+def _from_frames_last(image: NDArray[np.uint8], frames: int) -> NDArray[np.uint8]:
+    return np.ascontiguousarray(image.reshape(image.shape[0], image.shape[1], frames).transpose(2, 0, 1))
+
+
+def _binary(frames: NDArray[np.uint8]) -> NDArray[np.uint8]:
+    return np.where(frames > 127, 255, 0).astype(np.uint8)
+
+
+def _resize_frames(frames: NDArray[np.uint8], width: int, height: int, interpolation: int) -> NDArray[np.uint8]:
+    return np.stack([cv2.resize(frame, (width, height), interpolation=interpolation) for frame in frames])
+
+
+def _low_res(frames: NDArray[np.uint8], height_px: int) -> NDArray[np.uint8]:
+    """The walker as a `height_px`-tall mask (area-averaged, thresholded as a segmenter would), scaled back up."""
+    _, height, width = frames.shape
+    small_w = max(2, round(width * height_px / height))
+    small = _binary(_resize_frames(frames, small_w, height_px, cv2.INTER_AREA))
+    return _binary(_resize_frames(small, width, height, cv2.INTER_CUBIC))
+
+
+def _morph(frames: NDArray[np.uint8], rng: np.random.Generator) -> NDArray[np.uint8]:
+    """Dilation (most often: instance masks run fat), erosion, or a blur then a threshold that fills limb gaps."""
+    kind = rng.choice(["dilate", "dilate", "erode", "blur"])
+    if kind == "blur":
+        sigma = float(rng.uniform(0.8, 1.6))
+        blurred = _from_frames_last(cv2.GaussianBlur(_as_frames_last(frames), (0, 0), sigma), len(frames))
+        return np.where(blurred > rng.uniform(90, 150), 255, 0).astype(np.uint8)
+    size = int(rng.integers(2, 4))  # a 2 or 3 px structuring element at 64 px height
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
+    operation = cv2.dilate if kind == "dilate" else cv2.erode
+    return np.stack([operation(frame, kernel) for frame in frames])
+
+
+def _truncate(frames: NDArray[np.uint8], rng: np.random.Generator) -> NDArray[np.uint8]:
+    """Lose 5-15 % of the person's rows at the feet (more often) or the head, then pretreat again, as the
+    pipeline would: the remaining rows are stretched to the full height."""
+    share = float(rng.uniform(0.05, 0.15))
+    feet = rng.random() < 0.7
+    out = np.zeros_like(frames)
+    for i, frame in enumerate(frames):
+        rows = np.flatnonzero(frame.any(axis=1))
+        if rows.size < 8:
+            out[i] = frame
+            continue
+        cut = max(1, round(share * rows.size))
+        kept = frame.copy()
+        if feet:
+            kept[rows[-1] - cut + 1:] = 0
+        else:
+            kept[: rows[0] + cut] = 0
+        padded = np.zeros((frame.shape[0], frame.shape[1] + 20), np.uint8)
+        padded[:, 10:-10] = kept
+        result = pretreat_padded(padded, min_height_px=1, max_width_ratio=10.0)
+        out[i] = frame if isinstance(result, Rejection) else result.silhouette[:, 10:10 + frame.shape[1]]
+    return out
+
+
+def _holes(frames: NDArray[np.uint8], rng: np.random.Generator) -> NDArray[np.uint8]:
+    """Zero a small ellipse on the person in a third of the frames: masks that lose a piece now and then."""
+    out = frames.copy()
+    for i in np.flatnonzero(rng.random(len(frames)) < 1 / 3):
+        rows, cols = np.nonzero(frames[i])
+        if not len(rows):
+            continue
+        pick = int(rng.integers(len(rows)))
+        axes = (int(rng.integers(2, 6)), int(rng.integers(2, 8)))
+        cv2.ellipse(out[i], (int(cols[pick]), int(rows[pick])), axes, 0.0, 0.0, 360.0, 0, -1)
+    return out

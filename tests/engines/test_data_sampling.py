@@ -40,3 +40,19 @@ def test_all_frames_in_order_with_an_optional_cap() -> None:
     np.testing.assert_array_equal(all_frame_indices(5, None), np.arange(5))
     np.testing.assert_array_equal(all_frame_indices(5, 3), np.arange(3))
     np.testing.assert_array_equal(all_frame_indices(5, 10), np.arange(5))
+
+
+@pytest.mark.parametrize("name", ["flip_prob", "low_res_prob", "morph_prob", "truncate_prob", "holes_prob"])
+def test_real_footage_augmentations_keep_a_centred_binary_walker(name: str):
+    """Each degradation changes the walk but leaves a pretreated-looking silhouette: binary, 64x44, mass centred."""
+    from engines.data.augment import AugmentConfig, augment_sequence
+
+    frames = np.zeros((12, 64, 44), np.uint8)
+    frames[:, 4:60, 17:27] = 255  # torso and legs
+    frames[:, 20:40, 12:17] = 255  # an arm in front: not symmetric
+    out = augment_sequence(frames, AugmentConfig(**{name: 1.0}), np.random.default_rng(3))
+    assert out.shape == frames.shape and out.dtype == np.uint8
+    assert set(np.unique(out)) <= {0, 255} and not np.array_equal(out, frames)
+    columns = out.astype(np.float64).sum(axis=(0, 1))
+    centre = float((columns * np.arange(44)).sum() / columns.sum())
+    assert abs(centre - 21.5) < 3.5

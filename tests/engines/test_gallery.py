@@ -1,4 +1,5 @@
-"""The gallery store (SQLite) and open-set matching: encoder safety, exchange, durability under SIGKILL, voting."""
+"""The gallery store (SQLite) and open-set matching: encoder safety, exchange, durability under SIGKILL, walk-level
+decisions."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 
 from engines.gallery import GalleryError, GalleryStore, resolve_gallery_path
-from engines.matching import UNKNOWN, GalleryIndex, TrackVote, decide_identity
+from engines.matching import UNKNOWN, GalleryIndex, Match, TrackEvidence, decide_identity, normalise_parts
 from tests.conftest import REPO_ROOT
 
 DIM, PARTS = 64, 4
@@ -114,11 +115,24 @@ def test_sigkill_while_enrolling_keeps_every_committed_identity(tmp_path: Path):
     assert all(count == 10 for count in names.values()), "a half-written identity"
 
 
-def test_track_vote_needs_agreement_before_changing_the_label():
-    vote = TrackVote(windows=5, min_agreeing=2, now_s=0.0)
-    assert vote.add("alice", 0.8, 0.1, 1.0) is False  # one window is not enough
-    assert vote.label[0] == UNKNOWN
-    assert vote.add("alice", 0.6, 0.1, 2.0) is True
-    assert vote.label == ("alice", pytest.approx(0.7))
-    vote.add("bob", 0.9, 0.05, 3.0)  # a single odd window does not flip the name
-    assert vote.label[0] == "alice"
+def test_a_name_needs_a_margin_over_the_runner_up():
+    close_pair = [Match("alice", 0.20), Match("bob", 0.21)]
+    assert decide_identity(close_pair, accept_distance=0.3)[0] == "alice"  # no margin asked
+    assert decide_identity(close_pair, accept_distance=0.3, margin_ratio=0.9) == (UNKNOWN, 0.0)
+    clear = [Match("alice", 0.10), Match("bob", 0.40)]
+    name, confidence = decide_identity(clear, accept_distance=0.3, margin_ratio=0.9)
+    assert name == "alice" and confidence == pytest.approx(2 / 3)
+    assert decide_identity([Match("alice", 0.25)], accept_distance=0.3, margin_ratio=0.5)[0] == "alice"
+    assert decide_identity(clear, accept_distance=0.05)[0] == UNKNOWN
+
+
+def test_track_evidence_is_the_frame_weighted_mean_of_normalised_windows():
+    rng = np.random.default_rng(0)
+    windows = rng.normal(size=(3, DIM)).astype(np.float32) * np.array([[1.0], [50.0], [0.1]], np.float32)
+    evidence = TrackEvidence(PARTS, now_s=0.0)
+    for vector, frames in zip(windows, (30, 30, 15)):
+        evidence.add(vector, frames, now_s=1.0)
+    unit = normalise_parts(windows, PARTS)
+    expected = (30 * unit[0] + 30 * unit[1] + 15 * unit[2]) / 75  # the large window does not dominate
+    assert np.allclose(evidence.embedding(), expected, atol=1e-6)
+    assert (evidence.windows, evidence.frames, evidence.last_seen_s) == (3, 75, 1.0)

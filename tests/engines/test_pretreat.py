@@ -85,3 +85,17 @@ def test_tiny_threshold_is_in_source_pixels() -> None:
     mask = _walker(height_px=60, width_px=30, frame_hw=(100, 100))
     assert isinstance(pretreat_silhouette(mask, min_height_px=60), np.ndarray)
     assert isinstance(pretreat_silhouette(mask, min_height_px=61), Rejection)
+
+
+def test_mirroring_a_silhouette_equals_pretreating_the_mirrored_mask() -> None:
+    """A walk turned the other way must look to the network as if the person had walked that way."""
+    from engines.pretreat import mirror_silhouettes
+
+    mask = _walker()
+    mask[120:160, 60:100] = 255  # an arm forward: the walker is not symmetric
+    direct = pretreat_silhouette(mask)
+    turned = pretreat_silhouette(np.ascontiguousarray(mask[:, ::-1]))
+    assert isinstance(direct, np.ndarray) and isinstance(turned, np.ndarray)
+    assert not np.array_equal(direct, turned)
+    assert np.array_equal(mirror_silhouettes(direct), turned)
+    assert np.array_equal(mirror_silhouettes(direct[None]), turned[None])

@@ -274,3 +274,27 @@ def test_sam_refuses_a_wrong_checkpoint_before_building_the_network(
         torch.save(content, weights)
     with pytest.raises(CheckpointError, match=message):
         open_segmenter(SegmenterSettings(method="sam", sam_weights=weights, sam_model_type="vit_b"))
+
+
+def test_mask_quality_rejects_lost_fragmented_and_partial_people():
+    """Specks are dropped; near-empty, fragmented and short masks are rejected with their reason."""
+    from engines.segment import MaskQuality, clean_person_mask
+
+    quality = MaskQuality()
+    box = np.asarray([0, 0, 40, 100], np.float32)
+    person = np.zeros((100, 40), bool)
+    person[2:98, 12:28] = True
+    specked = person.copy()
+    specked[0, 0] = True
+    cleaned = clean_person_mask(specked, box, quality)
+    assert isinstance(cleaned, np.ndarray) and np.array_equal(cleaned, person)
+    sparse = np.zeros_like(person)
+    sparse[10:90, 19:21] = True
+    assert clean_person_mask(sparse, box, quality).reason == "sparse"
+    halves = np.zeros_like(person)
+    halves[0:45, 5:35] = True
+    halves[55:100, 5:35] = True
+    assert clean_person_mask(halves, box, quality).reason == "fragmented"
+    legs_only = np.zeros_like(person)
+    legs_only[50:100, 5:35] = True
+    assert clean_person_mask(legs_only, box, quality).reason == "partial"

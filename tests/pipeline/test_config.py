@@ -43,7 +43,7 @@ def test_extends_loop_and_foreign_folder_are_errors(model, tmp_path: Path):
 
 def test_errors_name_the_file_and_the_key(model, tmp_path: Path):
     path = tmp_path / "bad.yaml"
-    path.write_text("stages:\n  match:\n    vote_windows: zero\n")
+    path.write_text("stages:\n  match:\n    top_k: zero\n")
     with pytest.raises(ConfigError) as error:
         load_config(model, path)
-    assert str(path) in str(error.value) and "stages.match.vote_windows" in str(error.value)
+    assert str(path) in str(error.value) and "stages.match.top_k" in str(error.value)

@@ -1,0 +1,322 @@
+"""Cross-scene benchmark: enrol and identify real people through the pipeline's own stages, clip by clip.
+
+    python tools/eval_wild.py --manifest ../shared/assets/datasets/kth-walking/manifest.csv --json runs/wild/kth.json
+    python tools/eval_wild.py --manifest ../shared/assets/videos/manifest.csv --set stages.match.margin_ratio=1
+
+Every clip of the manifest (`clip,role,scene,people`, see `engines.wild`) runs through the configured stages in
+batch (lossless) mode. A fresh gallery is enrolled from the gallery clips exactly as `tools/enroll.py` enrols (every
+gait window of the person's track), then every probe clip goes on through the match stage as in a live run; a
+track's final label and candidates are its answer. Tracks map to people by order of first appearance among tracks
+with at least one gait window (single-person clips: the track with the most silhouettes).
+
+Reported per scene and overall: Rank-1/Rank-5 of the enrolled probe people (from their track's final candidates),
+final outcomes (right / wrong / unknown; for people not enrolled: unknown / false accept), per-window Rank-1,
+genuine and impostor distances at track and window level, and the threshold that would give --far false accepts
+on this data. Detections are cached per clip and detector config under --cache (the detector is ~90 % of the
+cost), so a rerun with another encoder, segmenter or matcher setting takes minutes and an interrupted run resumes.
+Exit codes: 0 done, 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+
+from tqdm import tqdm  # noqa: E402
+
+from engines.errors import EngineError  # noqa: E402
+from engines.gallery import GalleryStore  # noqa: E402
+from engines.matching import GalleryIndex  # noqa: E402
+from engines.wild import ManifestClip, ProbeAnswer, format_scores, read_manifest, score_by_scene  # noqa: E402
+from pipeline.config import parse_override  # noqa: E402
+from pipeline.errors import GaitstreamError  # noqa: E402
+from pipeline.messages import DataMessage, EndOfStream, FrameRecord, Tracks  # noqa: E402
+from pipeline.sequential import StageChain, read_stream  # noqa: E402
+from stages import load_pipeline_config, stage_registry  # noqa: E402
+from stages.tracks import TrackCollector, assign_people  # noqa: E402
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pipeline" / "default.yaml"
+DEFAULT_CACHE = Path(__file__).resolve().parents[1] / "runs" / "eval_wild_cache"
+CACHE_VERSION = 1  # bump when detect_track's output for the same config changes
+log = logging.getLogger("eval_wild")
+
+
+class DetectionCache:
+    """detect_track's output per clip (boxes, ids, scores, ended tracks, label maps), keyed by clip and config.
+
+    One compressed npz per clip; written atomically, so a run killed mid-write leaves no half file.
+    """
+
+    def __init__(self, folder: Path | None, config: Any) -> None:
+        self.folder = folder
+        settings = {"source": config.stages.source.model_dump(mode="json"),
+                    "detect_track": config.stages.detect_track.model_dump(mode="json"), "version": CACHE_VERSION}
+        self._settings = json.dumps(settings, sort_keys=True)
+
+    def path(self, clip: Path) -> Path | None:
+        if self.folder is None:
+            return None
+        stat = clip.stat()
+        key = json.dumps([str(clip.resolve()), stat.st_size, stat.st_mtime_ns, self._settings])
+        return self.folder / f"{clip.stem}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
+
+    @staticmethod
+    def save(path: Path, records: list[FrameRecord], eos: EndOfStream) -> None:
+        counts = [len(r.tracks) for r in records]
+        ended = [len(r.ended_track_ids) for r in records]
+        arrays = {
+            "seq": np.asarray([r.seq for r in records], np.int64),
+            "counts": np.asarray(counts, np.int64),
+            "boxes": np.concatenate([r.tracks.boxes_xyxy_px for r in records] or [np.zeros((0, 4))]).astype(np.float32),
+            "ids": np.concatenate([r.tracks.track_ids for r in records] or [np.zeros(0)]).astype(np.int64),
+            "scores": np.concatenate([r.tracks.scores for r in records] or [np.zeros(0)]).astype(np.float32),
+            "ended_counts": np.asarray(ended, np.int64),
+            "ended": np.concatenate([r.ended_track_ids for r in records] or [np.zeros(0)]).astype(np.int64),
+            "eos_ended": eos.ended_track_ids.astype(np.int64),
+        }
+        if records and all(r.label_map is not None for r in records):
+            arrays["label_maps"] = np.stack([r.label_map for r in records])  # type: ignore[misc]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
+            np.savez_compressed(handle, **arrays)
+        os.replace(handle.name, path)
+
+    @staticmethod
+    def load(path: Path) -> tuple[dict[int, tuple[Tracks, np.ndarray | None, np.ndarray]], np.ndarray]:
+        """seq -> (tracks, label map, ended ids), and the end-of-stream's ended ids."""
+        with np.load(path) as data:
+            starts = np.concatenate([[0], np.cumsum(data["counts"])])
+            ended_starts = np.concatenate([[0], np.cumsum(data["ended_counts"])])
+            maps = data["label_maps"] if "label_maps" in data.files else None
+            frames = {}
+            for i, seq in enumerate(data["seq"].tolist()):
+                rows = slice(starts[i], starts[i + 1])
+                tracks = Tracks(data["boxes"][rows], data["ids"][rows], data["scores"][rows])
+                frames[seq] = (tracks, None if maps is None else maps[i],
+                               data["ended"][ended_starts[i]:ended_starts[i + 1]])
+            return frames, data["eos_ended"]
+
+
+class WildRun:
+    """The stages opened once for the whole manifest, and the per-clip plumbing between them."""
+
+    def __init__(self, config: Any, cache: DetectionCache, chunk: int) -> None:
+        registry = stage_registry()
+        self.config = config
+        self.cache = cache
+        self.chunk = chunk
+        self.source = registry["source"](config.stages.source, _plain_context("source"))
+        self.registry = registry
+        self.detect: StageChain | None = None  # opened on the first clip that is not cached
+        self.stack = contextlib.ExitStack()
+
+    def __enter__(self) -> WildRun:
+        self.embed = self.stack.enter_context(StageChain(self.config, self.registry, ["segment", "gait"]))
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stack.close()
+
+    def open_matcher(self) -> StageChain:
+        return self.stack.enter_context(StageChain(self.config, self.registry, ["match"]))
+
+    def detections(self, clip: Path, spec: Any) -> Iterator[DataMessage]:
+        """detect_track's output for a clip: replayed from the cache onto freshly decoded frames, or computed."""
+        path = self.cache.path(clip)
+        if path is not None and path.is_file():
+            frames, eos_ended = DetectionCache.load(path)
+            for message in read_stream(self.source, spec):
+                if isinstance(message, EndOfStream):
+                    yield dataclasses.replace(message, ended_track_ids=eos_ended)
+                else:
+                    tracks, label_map, ended = frames[message.seq]
+                    yield dataclasses.replace(message, tracks=tracks, label_map=label_map, ended_track_ids=ended)
+            return
+        if self.detect is None:
+            self.detect = self.stack.enter_context(StageChain(self.config, self.registry, ["detect_track"]))
+        records: list[FrameRecord] = []
+        pending: list[DataMessage] = []
+        for message in read_stream(self.source, spec):
+            pending.append(message)
+            if len(pending) < self.chunk and not isinstance(message, EndOfStream):
+                continue
+            for output in self.detect.push(pending):
+                if isinstance(output, FrameRecord):
+                    records.append(output)
+                elif isinstance(output, EndOfStream) and path is not None:
+                    DetectionCache.save(path, records, output)
+                yield output
+            pending = []
+
+    def run_clip(self, clip: ManifestClip, chain: list[StageChain]) -> TrackCollector:
+        spec = next(s for s in self.config.streams if Path(s.uri) == clip.path)
+        collector = TrackCollector()
+        for message in self.detections(clip.path, spec):
+            messages = [message]
+            for stages in chain:
+                messages = stages.push(messages)
+            for output in messages:
+                collector(output)
+        return collector
+
+
+def _plain_context(name: str) -> Any:
+    from pipeline.metrics import ProcessMetrics
+    from pipeline.stage import StageContext
+
+    return StageContext(process=name, incarnation=0, run_dir=Path("."), streams=(), metrics=ProcessMetrics(name))
+
+
+def load_config(args: argparse.Namespace, clips: list[ManifestClip], gallery: Path, identities: int) -> Any:
+    """The pipeline config with the user's overrides, every clip a stream, a fresh gallery, full candidate lists."""
+    overrides = [parse_override(text) for text in args.overrides]
+    streams = [{"uri": str(c.path), "id": f"{c.path.stem}-{i}"} for i, c in enumerate(clips)]
+    config = load_pipeline_config(args.config, [*overrides, (["streams"], streams)])
+    match = config.stages.match.model_copy(update={"gallery": gallery, "top_k": max(5, identities),
+                                                   "auto_enroll": False})
+    source = config.stages.source.model_copy(update={"mode": "batch", "loop": False})
+    stages = config.stages.model_copy(update={"match": match, "source": source})
+    return config.model_copy(update={"stages": stages})
+
+
+def evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    clips = read_manifest(args.manifest)
+    gallery_clips = [c for c in clips if c.role == "gallery"]
+    probe_clips = [c for c in clips if c.role == "probe"]
+    if not gallery_clips or not probe_clips:
+        raise GaitstreamError(f"{args.manifest}: needs both gallery and probe clips")
+    names = sorted({p for c in gallery_clips for p in c.people})
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="gaitstream-wild-") as tmp:
+        gallery_path = Path(tmp) / "gallery.sqlite"
+        config = load_config(args, clips, gallery_path, len(names))
+        if config.stages.gait.encoder is None:
+            raise GaitstreamError("stages.gait.encoder is not set: the benchmark needs a gait encoder")
+        cache = DetectionCache(None if args.no_cache else args.cache, config)
+        enrolled: dict[str, int] = {}
+        clip_reports: list[dict[str, Any]] = []
+        answers: list[ProbeAnswer] = []
+        with WildRun(config, cache, args.chunk) as run, \
+                tqdm(total=len(clips), unit="clip", disable=args.no_progress, dynamic_ncols=True) as bar:
+            store = GalleryStore(gallery_path)
+            try:
+                for clip in gallery_clips:
+                    bar.set_postfix_str(f"enrol {clip.path.name}")
+                    collector = run.run_clip(clip, [run.embed])
+                    assigned = assign_people(collector.in_order(), clip.people)
+                    for person, track in assigned.items():
+                        assert collector.encoder is not None
+                        enrolled[person] = enrolled.get(person, 0) + store.add(
+                            person, np.stack(track.embeddings), encoder=collector.encoder, parts=collector.parts,
+                            source=str(clip.path), stream=clip.path.stem, track_id=track.track_id,
+                            frames=track.silhouettes)
+                    clip_reports.append(_clip_report(clip, collector, assigned))
+                    bar.update(1)
+                snapshot = store.snapshot()
+            finally:
+                store.close()
+            if not enrolled:
+                raise GaitstreamError("no gallery clip yielded a track long enough to enrol anyone")
+            index = GalleryIndex(snapshot)
+            accept_distance = effective_accept_distance(config, run)
+            matcher = run.open_matcher()
+            for clip in probe_clips:
+                bar.set_postfix_str(f"probe {clip.path.name}")
+                collector = run.run_clip(clip, [run.embed, matcher])
+                assigned = assign_people(collector.in_order(), clip.people)
+                for person in clip.people:
+                    track = assigned.get(person)
+                    answer = ProbeAnswer(str(clip.path.name), clip.scene, person, person in enrolled,
+                                         None if track is None else (track.identity or "unknown"))
+                    if track is not None:
+                        answer.candidates = [(c.name, round(c.distance, 4)) for c in track.candidates]
+                        matches = index.query(np.stack(track.embeddings), len(index))
+                        answer.windows = [{m.name: round(m.distance, 4) for m in row} for row in matches]
+                    answers.append(answer)
+                clip_reports.append(_clip_report(clip, collector, assigned))
+                bar.update(1)
+    scores = score_by_scene(answers, args.far)
+    return {
+        "manifest": str(args.manifest),
+        "config": str(args.config),
+        "overrides": list(args.overrides),
+        "encoder": snapshot.encoder,
+        "accept_distance": accept_distance,
+        "margin_ratio": config.stages.match.margin_ratio,
+        "enrolled": {name: enrolled.get(name, 0) for name in names},
+        "seconds": round(time.perf_counter() - started, 1),
+        **scores,
+        "probes": [dataclasses.asdict(a) | {"outcome": a.outcome} for a in answers],
+        "clips": clip_reports,
+    }
+
+
+def effective_accept_distance(config: Any, run: WildRun) -> float:
+    """The threshold the match stage decides with: the config's, else the encoder's calibrated one, else the
+    fallback."""
+    from stages.match import FALLBACK_ACCEPT_DISTANCE
+
+    if config.stages.match.accept_distance is not None:
+        return float(config.stages.match.accept_distance)
+    encoder = run.embed.stages[run.embed.graph.index("gait")].encoder  # type: ignore[attr-defined]
+    return FALLBACK_ACCEPT_DISTANCE if encoder.accept_distance is None else float(encoder.accept_distance)
+
+
+def _clip_report(clip: ManifestClip, collector: TrackCollector, assigned: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "clip": clip.path.name, "role": clip.role, "scene": clip.scene, "people": list(clip.people),
+        "tracks": [{"track_id": t.track_id, "frames": [t.first_frame, t.last_frame], "silhouettes": t.silhouettes,
+                    "windows": len(t.embeddings), "identity": t.identity} for t in collector.in_order()],
+        "assigned": {person: track.track_id for person, track in assigned.items()},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--manifest", type=Path, required=True, help="CSV: clip,role,scene,people")
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="pipeline YAML (default: %(default)s)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a pipeline config value (repeatable)")
+    parser.add_argument("--json", type=Path, help="write the report here")
+    parser.add_argument("--far", type=float, default=0.01, help="false-accept rate of the reported threshold")
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="detection cache folder (%(default)s)")
+    parser.add_argument("--no-cache", action="store_true", help="run the detector on every clip, store nothing")
+    parser.add_argument("--chunk", type=int, default=4, help="frames handed to the detector at once (its workers)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
+    args = parser.parse_args(argv)
+    if not 0 < args.far < 1:
+        parser.error("--far must lie in (0, 1)")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # the detector's banners must not mix with the table
+            report = evaluate(args)
+    except (GaitstreamError, EngineError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.manifest}: encoder {report['encoder']}, accept_distance {report['accept_distance']:.3f}, "
+          f"margin_ratio {report['margin_ratio']}, {report['seconds']:.0f} s")
+    print(format_scores(report))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=1) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
