@@ -108,6 +108,22 @@ def save_weights(model: GaitBase | MeshGait, path: Path, *, name: str, metadata:
     log.info("wrote weights path=%s bytes=%d", path, Path(path).stat().st_size)
 
 
+def update_metadata(path: Path, **fields: Any) -> dict[str, Any]:
+    """Set `fields` in a release weights file's metadata (atomically); returns the new metadata.
+
+    The network is untouched, but the file's sha256, and with it the encoder's name, changes: a gallery enrolled
+    with the old file refuses the new one, which is right when the calibration it carries has changed.
+    """
+    data = read_torch_file(path)
+    if data["format"] != WEIGHTS_FORMAT:
+        raise CheckpointError(f"{path}: a training checkpoint; export release weights first (tools/train.py "
+                              "--export-weights) and calibrate those")
+    metadata = {**data.get("metadata", {}), **fields}
+    json.dumps(metadata)
+    atomic_torch_save({**data, "metadata": metadata}, path)
+    return metadata
+
+
 def load_gait_model(path: Path) -> tuple[GaitBase | MeshGait, dict[str, Any]]:
     """A float32 GaitBase or Mesh-Gait in eval mode from a weights file or a training checkpoint, plus an info dict.
 

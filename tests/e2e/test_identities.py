@@ -65,3 +65,22 @@ def test_someone_not_enrolled_is_unknown(enrolled: tuple[Path, dict[int, str]], 
     named = final_identities(tmp_path / Path(clip).stem / "events.jsonl")
     assert named, "person C got no identity decision"
     assert set(named.values()) == {"unknown"}, named
+
+
+def test_walkers_seen_walking_the_other_way_are_named(enrolled: tuple[Path, dict[int, str]], outdoor_clip: Path,
+                                                      tmp_path: Path):
+    """A mirrored copy of the enrolment clip: A and B cross the image the other way, and are still named."""
+    mirrored = tmp_path / "outdoor_mirrored.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(outdoor_clip), "-vf", "hflip", "-c:v", "libx264", "-crf", "16",
+                    "-an", str(mirrored)], check=True, timeout=120)
+    gallery, names = enrolled
+    done = run_pipeline("--source", str(mirrored), "--out", str(tmp_path / "out"), "--no-display", "--gallery",
+                        str(gallery))
+    assert done.returncode == 0, done.stderr[-3000:]
+    events = read_events(tmp_path / "out" / mirrored.stem / "events.jsonl")
+    first_seen: dict[int, int] = {}
+    for event in events:
+        first_seen.setdefault(event["track_id"], event["frame"])
+    named = final_identities(tmp_path / "out" / mirrored.stem / "events.jsonl")
+    walkers = sorted(named, key=first_seen.__getitem__)
+    assert [named[t] for t in walkers if named[t] != "unknown"] == ["A", "B"], (named, first_seen)
