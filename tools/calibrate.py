@@ -1,6 +1,7 @@
 """Record an encoder's calibration in its weights: the open-set threshold and its training walking direction.
 
-    python tools/calibrate.py weights/meshgait_compact_casiab.pt --accept-distance 0.34 --walk-direction right_to_left \\
+    python tools/calibrate.py weights/meshgait_compact_casiab.pt --accept-distance 0.34 \\
+        --walk-direction right_to_left \\
         --source "tools/eval.py --open-set: 0.340 at 1 % FAR" --source "tools/eval_wild.py KTH: 0.343 at 1 % FAR"
 
 The pipeline reads both from the weights (stages.match.accept_distance: null, stages.gait.canonical_direction:
