@@ -110,7 +110,8 @@ def drop_unreadable(config):
 def print_summary(result, out: Path | None) -> None:
     for stream, info in sorted(result.streams.items()):
         state = "ok" if info.get("end_reason") == "end" else info.get("end_reason") or info.get("lost") or "incomplete"
-        print(f"{stream}: {info.get('frames', 0)} frames, {state}", file=sys.stderr)
+        detail = f" ({info['detail']})" if info.get("detail") and state != "ok" else ""
+        print(f"{stream}: {info.get('frames', 0)} frames, {state}{detail}", file=sys.stderr)
     for uri, why in result.skipped.items():  # when nothing could be done, the reason is the error
         print(f"error: {why}" if result.exit_code == 2 else f"skipped {uri}: {why}", file=sys.stderr)
     for error in result.errors:

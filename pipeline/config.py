@@ -116,21 +116,29 @@ def _fields_at(model: type[BaseModel], loc: Sequence[Any]) -> list[str]:
     return list(getattr(current, "model_fields", {}))
 
 
-def format_validation_error(source: str, model: type[BaseModel], error: ValidationError) -> str:
-    """One line per problem: `file: key.path: what is wrong (got value)`, with a hint for misspelt keys."""
+def format_validation_error(source: str, model: type[BaseModel], error: ValidationError,
+                            overridden: Sequence[Sequence[str]] = ()) -> str:
+    """One line per problem: `file: key.path: what is wrong (got value)`, with a hint for misspelt keys. A problem
+    under a key given on the command line (`overridden`) names `--set KEY` instead of the file."""
     lines = []
     for item in error.errors():
         loc = item["loc"]
-        where = _format_location(loc) or "(top level)"
+        given = [key for key in overridden if tuple(str(p) for p in loc[:len(key)]) == tuple(key)]
+        if given:
+            key = max(given, key=len)
+            deeper = _format_location(loc[len(key):])
+            where = f"--set {'.'.join(key)}" + (f": {deeper}" if deeper else "")
+        else:
+            where = f"{source}: {_format_location(loc) or '(top level)'}"
         if item["type"] == "extra_forbidden":
             valid = _fields_at(model, loc[:-1])
             close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else (f"; valid keys: {', '.join(valid)}" if valid else "")
-            lines.append(f"{source}: {where}: unknown key{hint}")
+            lines.append(f"{where}: unknown key{hint}")
         else:
             got = item.get("input")
             shown = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
-            lines.append(f"{source}: {where}: {item['msg']}{shown}")
+            lines.append(f"{where}: {item['msg']}{shown}")
     return "\n".join(lines)
 
 
@@ -239,7 +247,8 @@ def load_config(
     try:
         return model.model_validate(tree, context={"base_dir": base_dir})
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(source, model, exc)) from None
+        overridden = [key_path for key_path, _ in overrides]
+        raise ConfigError(format_validation_error(source, model, exc, overridden)) from None
 
 
 def dump_config(config: BaseModel) -> str:

@@ -12,6 +12,7 @@ Must not import `stages` or `engines`: the stage classes come from the caller.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import multiprocessing as mp
 import os
@@ -165,6 +166,13 @@ class Supervisor:
         graph: list[str] = list(self.config.graph)
         if not graph:
             raise ConfigError("graph: needs at least one stage after the sources")
+        if self.only is not None:
+            known = [self.source_stage, *graph]
+            unknown = sorted(self.only - set(known))
+            if unknown:
+                close = difflib.get_close_matches(unknown[0], known, n=1)
+                hint = f"; did you mean {close[0]}?" if close else ""
+                raise ConfigError(f"--only: unknown stage {', '.join(unknown)} (stages: {', '.join(known)}){hint}")
         stream_ids = tuple(s.id or s.uri for s in self.config.streams)
         if len(set(stream_ids)) != len(stream_ids):
             raise ConfigError(f"streams: ids must be unique, got {list(stream_ids)}")
@@ -411,27 +419,36 @@ class Supervisor:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        server = ThreadingHTTPServer(("127.0.0.1", self.runtime.metrics_port), Handler)
+        try:
+            server = ThreadingHTTPServer(("127.0.0.1", self.runtime.metrics_port), Handler)
+        except OSError as exc:
+            raise ConfigError(f"--metrics-port {self.runtime.metrics_port}: cannot serve metrics there "
+                              f"({exc.strerror or exc})") from None
         threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
         self._metrics_server = server
         log.info("Prometheus metrics on http://127.0.0.1:%d/metrics", server.server_address[1])
 
     def run(self) -> RunResult:
+        """Start the graph, supervise it to the end, stop it; whatever fails at start-up, nothing is left behind."""
         started = time.monotonic()
-        self._build()
         context = zmq.Context()
-        server = ControlServer(context, self.control_endpoint)
-        previous_handlers = self._install_signals()
-        self._start_metrics_server()
-        if self.runtime.progress and any(not p.is_source for p in self.processes.values()) and sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self._progress = tqdm(total=0, unit="frame", desc="frames", dynamic_ncols=True, leave=True)
+        server: ControlServer | None = None
+        previous_handlers: dict[Any, Any] = {}
         try:
+            self._build()
+            server = ControlServer(context, self.control_endpoint)
+            previous_handlers = self._install_signals()
+            self._start_metrics_server()
+            if (self.runtime.progress and any(not p.is_source for p in self.processes.values())
+                    and sys.stderr.isatty()):
+                from tqdm import tqdm
+
+                self._progress = tqdm(total=0, unit="frame", desc="frames", dynamic_ncols=True, leave=True)
             self._supervise(server)
         finally:
-            self._shutdown(server)
-            server.close()
+            if server is not None:
+                self._shutdown(server)
+                server.close()
             context.term()
             for sig, handler in previous_handlers.items():
                 signal.signal(sig, handler)

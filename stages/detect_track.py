@@ -1,9 +1,10 @@
 """detect_track: finds and tracks people in every frame; decides when a track has ended.
 
 The computation lives in `engines.detect` (YOLO + ByteTrack/BoT-SORT, or background subtraction + its own
-tracker); this stage batches frames from all streams into one detector call, keeps track ids unique per stream
-across its own restarts, and marks a track as ended once it has been unseen for `track_end_after_s` of media
-time (or when its stream ends).
+tracker); this stage batches frames from all streams into one detector call, stitches tracker fragments of one walk
+into one track (`engines.detect.stitch`), keeps track ids unique per stream and never reused (across tracker resets
+and its own restarts), and marks a track as ended once it has been unseen for `track_end_after_s` of media time
+(or when its stream ends).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 from pydantic import Field, ValidationInfo, field_validator
 
 from engines.detect import DetectorSettings, MultiStreamTracker, open_tracker
+from engines.detect.stitch import TrackStitcher
 from pipeline.config import StageConfig, resolve_config_path
 from pipeline.messages import DataMessage, EndOfStream, FrameRecord, Tracks
 from pipeline.stage import Stage
@@ -33,6 +35,8 @@ class DetectTrackConfig(StageConfig):
 
     detector: DetectorSettings = Field(default_factory=DetectorSettings)
     track_end_after_s: float = Field(1.0, gt=0, description="a track unseen this long (media time) has ended")
+    stitch_fragments: bool = Field(True, description="continue a lost walk when a new tracker id appears where "
+                                   "and at the size it should be")
 
     @field_validator("detector")
     @classmethod
@@ -44,8 +48,9 @@ class DetectTrackConfig(StageConfig):
 
 @dataclass
 class _StreamTracks:
-    """Per-stream state: when each live track was last seen (media seconds)."""
+    """Per-stream state: when each live track was last seen (media seconds), and tracker ids -> track ids."""
 
+    stitcher: TrackStitcher
     last_seen_s: dict[int, float] = field(default_factory=dict)
 
 
@@ -56,19 +61,37 @@ class DetectTrackStage(Stage):
     def open(self) -> None:
         config: DetectTrackConfig = self.config  # type: ignore[assignment]
         settings = config.detector.model_copy(update={"threads": config.threads})
-        self.tracker: MultiStreamTracker = open_tracker(settings)
+        self.tracker: MultiStreamTracker = self.open_tracker(settings)
         self.id_offset = self.context.incarnation * TRACK_ID_STRIDE
         self.streams: dict[str, _StreamTracks] = {}
+        self.next_ids: dict[str, int] = {}  # survives a stream's end: ids are never reused within a stream
         self.context.metrics.set("detector_backend_yolo", float(self.tracker.backend == "yolo"))
+
+    def open_tracker(self, settings: DetectorSettings) -> MultiStreamTracker:
+        """The detector + tracker this stage drives (a tool may substitute recorded detections)."""
+        return open_tracker(settings)
 
     def process_batch(self, records: list[FrameRecord]) -> list[DataMessage]:
         detections = self.tracker.update([(r.stream_id, r.frame.pixels) for r in records])
         return [self._annotate(record, found) for record, found in zip(records, detections)]
 
+    def _stream(self, stream_id: str) -> _StreamTracks:
+        config: DetectTrackConfig = self.config  # type: ignore[assignment]
+        state = self.streams.get(stream_id)
+        if state is None:
+            gap = config.track_end_after_s if config.stitch_fragments else 0.0
+            first = self.next_ids.get(stream_id, self.id_offset + 1)
+            state = self.streams[stream_id] = _StreamTracks(TrackStitcher(max_gap_s=gap, first_id=first))
+        return state
+
     def _annotate(self, record: FrameRecord, found: Any) -> FrameRecord:
         config: DetectTrackConfig = self.config  # type: ignore[assignment]
-        state = self.streams.setdefault(record.stream_id, _StreamTracks())
-        track_ids = found.track_ids + self.id_offset
+        state = self._stream(record.stream_id)
+        stitched_before = state.stitcher.stitched
+        track_ids = state.stitcher.update(record.pts_s, found.track_ids, found.boxes_xyxy_px)
+        self.next_ids[record.stream_id] = state.stitcher.next_id
+        if state.stitcher.stitched > stitched_before:
+            self.context.metrics.inc("tracks_stitched_total", state.stitcher.stitched - stitched_before)
         for track_id in track_ids.tolist():
             if track_id not in state.last_seen_s:
                 log.info("track started stream=%s track=%d seq=%d", record.stream_id, track_id, record.seq)
@@ -77,6 +100,7 @@ class DetectTrackStage(Stage):
         ended = sorted(t for t, seen in state.last_seen_s.items() if record.pts_s - seen > config.track_end_after_s)
         for track_id in ended:
             del state.last_seen_s[track_id]
+            state.stitcher.forget(track_id)
             log.info("track ended stream=%s track=%d seq=%d", record.stream_id, track_id, record.seq)
         self.context.metrics.set("live_tracks", sum(len(s.last_seen_s) for s in self.streams.values()))
         return dataclasses.replace(
@@ -87,6 +111,7 @@ class DetectTrackStage(Stage):
         )
 
     def on_end_of_stream(self, eos: EndOfStream) -> list[DataMessage]:
-        state = self.streams.pop(eos.stream_id, _StreamTracks())
+        state = self.streams.pop(eos.stream_id, None)
         self.tracker.end_stream(eos.stream_id)
-        return [dataclasses.replace(eos, ended_track_ids=np.asarray(sorted(state.last_seen_s), np.int64))]
+        ended = sorted(state.last_seen_s) if state is not None else []
+        return [dataclasses.replace(eos, ended_track_ids=np.asarray(ended, np.int64))]

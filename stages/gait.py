@@ -3,7 +3,9 @@
 Every `stride_frames` new silhouettes, once a track has `window_frames` of them, its latest window is encoded;
 when a track ends, one final window (at least `min_frames`) is encoded too. A window whose walker crosses the
 image the other way than the encoder's training data walked is mirrored first (`canonical_direction`): the
-direction comes from the track's boxes, and frontal walks, which cross little, are left as they are. Windows that
+direction comes from the track's boxes, and frontal walks, which cross little, are left as they are. A window over
+which the track did not move like a walker (`min_motion`: a bench, a parked bicycle, someone standing) is not
+encoded: it holds no gait, and its embedding would only draw matches. Windows that
 become ready in the same batch of frames, from any tracks and streams, go through the encoder in one call (grouped
 by length), which is where a GPU earns its keep. Buffers are keyed by (stream, track) and deleted at track end, at
 end of stream, or after `track_timeout_s` without a silhouette.
@@ -48,6 +50,9 @@ class GaitConfig(StageConfig):
         "direction (weights metadata `walk_direction`), none when unknown")
     min_lateral_travel: float = Field(
         0.3, ge=0, description="sideways travel over a window, in person heights, that decides its direction")
+    min_motion: float = Field(
+        0.15, ge=0, description="a window is encoded only if the track moved this much over it: travel of the "
+        "box's foot point in person heights plus the change of its log height (walking towards the camera)")
 
     @model_validator(mode="after")
     def _min_within_window(self) -> GaitConfig:
@@ -66,6 +71,7 @@ class SilhouetteBuffer:
     def __init__(self, window_frames: int, now_s: float) -> None:
         self.frames: deque[NDArray[np.uint8]] = deque(maxlen=window_frames)
         self.centres_x: deque[float] = deque(maxlen=window_frames)
+        self.feet_y: deque[float] = deque(maxlen=window_frames)
         self.heights: deque[float] = deque(maxlen=window_frames)
         self.new_since_embedding = 0
         self.last_seen_s = now_s
@@ -74,7 +80,8 @@ class SilhouetteBuffer:
     def push(self, silhouette: NDArray[np.uint8], box_xyxy_px: NDArray[np.float32], now_s: float) -> None:
         self.frames.append(silhouette)
         self.centres_x.append(float(box_xyxy_px[0] + box_xyxy_px[2]) / 2)
-        self.heights.append(float(box_xyxy_px[3] - box_xyxy_px[1]))
+        self.feet_y.append(float(box_xyxy_px[3]))
+        self.heights.append(max(1.0, float(box_xyxy_px[3] - box_xyxy_px[1])))
         self.new_since_embedding += 1
         self.last_seen_s = now_s
 
@@ -87,6 +94,17 @@ class SilhouetteBuffer:
             if abs(travel) >= min_travel:
                 self.direction = "left_to_right" if travel > 0 else "right_to_left"
         return self.direction
+
+    def motion(self) -> float:
+        """How far the track moved over the buffered frames, in person heights: the foot point's travel plus the
+        change of the log box height (which grows or shrinks as someone walks towards or away from the camera).
+        Ends are averaged over a few frames so that box jitter does not count."""
+        ends = max(1, len(self.heights) // 5)
+        height = float(np.median(self.heights))
+        feet = np.column_stack([self.centres_x, self.feet_y])
+        travel = float(np.linalg.norm(feet[-ends:].mean(0) - feet[:ends].mean(0))) / height
+        heights = np.log(np.asarray(self.heights))
+        return travel + abs(float(heights[-ends:].mean() - heights[:ends].mean()))
 
     def take_window(self) -> NDArray[np.uint8]:
         """(T, 64, 44) copy of the buffered silhouettes; resets the count since the last embedding."""
@@ -138,17 +156,25 @@ class GaitStage(Stage):
                 if buffer is None:
                     buffer = self.buffers[(stream, track_id)] = SilhouetteBuffer(config.window_frames, now_s)
                 buffer.push(image, message.tracks.boxes_xyxy_px[rows[track_id]], now_s)
-                if len(buffer.frames) == config.window_frames and buffer.new_since_embedding >= config.stride_frames:
-                    windows.append(_Window(index, track_id, self._window(buffer), final=False))
+                due = len(buffer.frames) == config.window_frames and buffer.new_since_embedding >= config.stride_frames
+                if due and (window := self._window(buffer)) is not None:
+                    windows.append(_Window(index, track_id, window, final=False))
         for track_id in message.ended_track_ids.tolist():
             buffer = self.buffers.pop((stream, track_id), None)
-            if buffer is not None and buffer.new_since_embedding and len(buffer.frames) >= config.min_frames:
-                windows.append(_Window(index, track_id, self._window(buffer), final=True))
+            if buffer is None or not buffer.new_since_embedding or len(buffer.frames) < config.min_frames:
+                continue
+            if (window := self._window(buffer)) is not None:
+                windows.append(_Window(index, track_id, window, final=True))
         return windows
 
-    def _window(self, buffer: SilhouetteBuffer) -> NDArray[np.uint8]:
-        """The buffer's window, turned to the canonical walking direction when the walker goes the other way."""
+    def _window(self, buffer: SilhouetteBuffer) -> NDArray[np.uint8] | None:
+        """The buffer's window, turned to the canonical walking direction when the walker goes the other way; None
+        when the track did not move like a walker."""
         config: GaitConfig = self.config  # type: ignore[assignment]
+        if buffer.motion() < config.min_motion:
+            buffer.new_since_embedding = 0
+            self.context.metrics.inc("windows_skipped_total", reason="stationary")
+            return None
         direction = buffer.walking_direction(config.min_lateral_travel)
         window = buffer.take_window()
         if self.canonical is not None and direction is not None and direction != self.canonical:

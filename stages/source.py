@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".webm", ".ts", ".wmv", ".flv", ".h264")
 LIVE_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
+# Containers' declared frame counts are estimates (from duration x rate) and may be off by a frame or two.
+TRUNCATION_TOLERANCE_FRAMES = 2
 _ROTATIONS = {"cw90": cv2.ROTATE_90_CLOCKWISE, "ccw90": cv2.ROTATE_90_COUNTERCLOCKWISE, "180": cv2.ROTATE_180}
 
 
@@ -48,7 +50,9 @@ class SourceSettings(SourceConfig):
         None, gt=0, description="give up on a live stream down this long; null: keep trying while running"
     )
     rtsp_transport: str = Field("tcp", pattern="^(tcp|udp)$", description="RTSP over TCP survives lossy networks")
-    fps_limit: float | None = Field(None, gt=0, description="deliver at most this many frames per second (live)")
+    fps_limit: float | None = Field(
+        None, gt=0, description="deliver at most this many frames per second of media time, files and cameras "
+        "alike (the rest is read and skipped, so a live stream never lags)")
     loop: bool = Field(
         False, description="replay recorded files from the start when they end, until stopped (simulated cameras)"
     )
@@ -132,6 +136,7 @@ class VideoSource:
         self._opened_ns = 0
         self._interrupted = threading.Event()
         self._next_due_s = 0.0
+        self._next_pts_s = 0.0  # media time from which the next frame is delivered (fps_limit)
         self._pass_start = 0  # index of the first frame of the current pass over a looped file
 
     # --- opening -----------------------------------------------------------------------------------------------
@@ -183,10 +188,8 @@ class VideoSource:
 
     # --- reading -----------------------------------------------------------------------------------------------
     def _pace(self) -> None:
-        """Recorded files played as live streams keep their native rate; fps_limit caps any live stream."""
+        """Recorded files played as live streams keep their native rate."""
         rate = self.fps if self.realtime and not self.live else 0.0
-        if self.settings.fps_limit:
-            rate = min(rate, self.settings.fps_limit) if rate else self.settings.fps_limit
         if not rate:
             return
         delay = self._next_due_s - time.monotonic()
@@ -207,6 +210,17 @@ class VideoSource:
         return frame
 
     def read(self) -> CapturedFrame | None:
+        """The next frame to deliver: with `fps_limit`, frames closer than 1/fps_limit of media time to the last
+        delivered one are read and skipped (decoding cannot be skipped, but everything after it can)."""
+        while True:
+            frame = self._read_any()
+            limit = self.settings.fps_limit
+            if frame is None or not limit or frame.pts_s + 0.25 / self.fps >= self._next_pts_s:
+                if frame is not None and limit:
+                    self._next_pts_s = max(self._next_pts_s + 1.0 / limit, frame.pts_s + 0.75 / limit)
+                return frame
+
+    def _read_any(self) -> CapturedFrame | None:
         if self._interrupted.is_set():
             return None
         self._pace()
@@ -216,8 +230,9 @@ class VideoSource:
                 return self._frame(pixels)
         if not self.live:
             played = self._index - self._pass_start
-            if self.frame_count and played < self.frame_count - 1:
-                log.warning("%s ended at frame %d of %d (truncated?)", self.uri, played, self.frame_count)
+            if self.frame_count and played < self.frame_count - TRUNCATION_TOLERANCE_FRAMES:
+                raise SourceError(f"{self.uri} is truncated: it ends after {played} of the {self.frame_count} "
+                                  "frames it declares")
             if self.settings.loop and played:
                 return self._replay()
             return None

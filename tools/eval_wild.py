@@ -12,8 +12,9 @@ with at least one gait window (single-person clips: the track with the most silh
 Reported per scene and overall: Rank-1/Rank-5 of the enrolled probe people (from their track's final candidates),
 final outcomes (right / wrong / unknown; for people not enrolled: unknown / false accept), per-window Rank-1,
 genuine and impostor distances at track and window level, and the threshold that would give --far false accepts
-on this data. Detections are cached per clip and detector config under --cache (the detector is ~90 % of the
-cost), so a rerun with another encoder, segmenter or matcher setting takes minutes and an interrupted run resumes.
+on this data. The detector's output is cached per clip and detector settings under --cache (the detector is ~90 %
+of the cost; everything after it, detect_track's own logic included, runs again), so a rerun with another encoder,
+segmenter or matcher setting takes a minute and an interrupted run resumes.
 Exit codes: 0 done, 2 bad input.
 """
 
@@ -29,7 +30,6 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,33 +39,35 @@ os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
 from tqdm import tqdm  # noqa: E402
 
+from engines.detect import Detections  # noqa: E402
 from engines.errors import EngineError  # noqa: E402
 from engines.gallery import GalleryStore  # noqa: E402
 from engines.matching import GalleryIndex  # noqa: E402
 from engines.wild import ManifestClip, ProbeAnswer, format_scores, read_manifest, score_by_scene  # noqa: E402
 from pipeline.config import parse_override  # noqa: E402
 from pipeline.errors import GaitstreamError  # noqa: E402
-from pipeline.messages import DataMessage, EndOfStream, FrameRecord, Tracks  # noqa: E402
+from pipeline.messages import DataMessage, EndOfStream  # noqa: E402
 from pipeline.sequential import StageChain, read_stream  # noqa: E402
 from stages import load_pipeline_config, stage_registry  # noqa: E402
+from stages.detect_track import DetectTrackStage  # noqa: E402
 from stages.tracks import TrackCollector, assign_people  # noqa: E402
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pipeline" / "default.yaml"
 DEFAULT_CACHE = Path(__file__).resolve().parents[1] / "runs" / "eval_wild_cache"
-CACHE_VERSION = 1  # bump when detect_track's output for the same config changes
+CACHE_VERSION = 2  # bump when the detector's output for the same settings changes
 log = logging.getLogger("eval_wild")
 
 
 class DetectionCache:
-    """detect_track's output per clip (boxes, ids, scores, ended tracks, label maps), keyed by clip and config.
-
-    One compressed npz per clip; written atomically, so a run killed mid-write leaves no half file.
-    """
+    """The detector's own output per clip (boxes, tracker ids, scores, label maps), keyed by clip and detector
+    settings. What detect_track does with it (stitching, track ends) runs again on every replay, so changing that
+    logic needs no new detections. One compressed npz per clip, written atomically."""
 
     def __init__(self, folder: Path | None, config: Any) -> None:
         self.folder = folder
         settings = {"source": config.stages.source.model_dump(mode="json"),
-                    "detect_track": config.stages.detect_track.model_dump(mode="json"), "version": CACHE_VERSION}
+                    "detector": config.stages.detect_track.detector.model_dump(mode="json"),
+                    "threads": config.stages.detect_track.threads, "version": CACHE_VERSION}
         self._settings = json.dumps(settings, sort_keys=True)
 
     def path(self, clip: Path) -> Path | None:
@@ -76,40 +78,81 @@ class DetectionCache:
         return self.folder / f"{clip.stem}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
 
     @staticmethod
-    def save(path: Path, records: list[FrameRecord], eos: EndOfStream) -> None:
-        counts = [len(r.tracks) for r in records]
-        ended = [len(r.ended_track_ids) for r in records]
+    def save(path: Path, frames: list[Detections]) -> None:
         arrays = {
-            "seq": np.asarray([r.seq for r in records], np.int64),
-            "counts": np.asarray(counts, np.int64),
-            "boxes": np.concatenate([r.tracks.boxes_xyxy_px for r in records] or [np.zeros((0, 4))]).astype(np.float32),
-            "ids": np.concatenate([r.tracks.track_ids for r in records] or [np.zeros(0)]).astype(np.int64),
-            "scores": np.concatenate([r.tracks.scores for r in records] or [np.zeros(0)]).astype(np.float32),
-            "ended_counts": np.asarray(ended, np.int64),
-            "ended": np.concatenate([r.ended_track_ids for r in records] or [np.zeros(0)]).astype(np.int64),
-            "eos_ended": eos.ended_track_ids.astype(np.int64),
+            "counts": np.asarray([len(d) for d in frames], np.int64),
+            "boxes": np.concatenate([d.boxes_xyxy_px for d in frames] or [np.zeros((0, 4))]).astype(np.float32),
+            "ids": np.concatenate([d.track_ids for d in frames] or [np.zeros(0)]).astype(np.int64),
+            "scores": np.concatenate([d.scores for d in frames] or [np.zeros(0)]).astype(np.float32),
         }
-        if records and all(r.label_map is not None for r in records):
-            arrays["label_maps"] = np.stack([r.label_map for r in records])  # type: ignore[misc]
+        if frames and all(d.label_map is not None for d in frames):
+            arrays["label_maps"] = np.stack([d.label_map for d in frames])  # type: ignore[misc]
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
             np.savez_compressed(handle, **arrays)
         os.replace(handle.name, path)
 
     @staticmethod
-    def load(path: Path) -> tuple[dict[int, tuple[Tracks, np.ndarray | None, np.ndarray]], np.ndarray]:
-        """seq -> (tracks, label map, ended ids), and the end-of-stream's ended ids."""
+    def load(path: Path) -> list[Detections]:
         with np.load(path) as data:
             starts = np.concatenate([[0], np.cumsum(data["counts"])])
-            ended_starts = np.concatenate([[0], np.cumsum(data["ended_counts"])])
             maps = data["label_maps"] if "label_maps" in data.files else None
-            frames = {}
-            for i, seq in enumerate(data["seq"].tolist()):
-                rows = slice(starts[i], starts[i + 1])
-                tracks = Tracks(data["boxes"][rows], data["ids"][rows], data["scores"][rows])
-                frames[seq] = (tracks, None if maps is None else maps[i],
-                               data["ended"][ended_starts[i]:ended_starts[i + 1]])
-            return frames, data["eos_ended"]
+            return [Detections(data["boxes"][a:b], data["ids"][a:b], data["scores"][a:b],
+                               None if maps is None else maps[i])
+                    for i, (a, b) in enumerate(zip(starts[:-1], starts[1:]))]
+
+
+class CachingTracker:
+    """A `MultiStreamTracker` that replays a clip's cached detections, or runs the real detector (opened on first
+    need) and records them for next time; `begin` names the clip of a stream before its first frame."""
+
+    def __init__(self, settings: Any, cache: DetectionCache) -> None:
+        self.settings = settings
+        self.cache = cache
+        self.real: Any = None
+        self.backend = "cached"
+        self.replay: dict[str, list[Detections]] = {}
+        self.recording: dict[str, tuple[Path | None, list[Detections]]] = {}
+
+    def begin(self, stream_id: str, clip: Path) -> None:
+        path = self.cache.path(clip)
+        if path is not None and path.is_file():
+            self.replay[stream_id] = DetectionCache.load(path)[::-1]  # popped from the end
+        else:
+            self.recording[stream_id] = (path, [])
+
+    def update(self, frames: Any) -> list[Detections]:
+        out: list[Detections | None] = [None] * len(frames)
+        live = [i for i, (stream, _) in enumerate(frames) if stream not in self.replay]
+        for i, (stream, _) in enumerate(frames):
+            if stream in self.replay:
+                out[i] = self.replay[stream].pop()
+        if live:
+            if self.real is None:
+                from engines.detect import open_tracker
+
+                self.real = open_tracker(self.settings)
+            for i, found in zip(live, self.real.update([frames[i] for i in live])):
+                out[i] = found
+                self.recording[frames[i][0]][1].append(found)
+        return out  # type: ignore[return-value]
+
+    def end_stream(self, stream_id: str) -> None:
+        self.replay.pop(stream_id, None)
+        path, recorded = self.recording.pop(stream_id, (None, []))
+        if self.real is not None:
+            self.real.end_stream(stream_id)
+        if path is not None:
+            DetectionCache.save(path, recorded)
+
+
+class CachedDetectTrack(DetectTrackStage):
+    """detect_track exactly as the pipeline runs it, over a `CachingTracker`."""
+
+    cache: DetectionCache
+
+    def open_tracker(self, settings: Any) -> Any:
+        return CachingTracker(settings, self.cache)
 
 
 class WildRun:
@@ -117,16 +160,16 @@ class WildRun:
 
     def __init__(self, config: Any, cache: DetectionCache, chunk: int) -> None:
         registry = stage_registry()
+        CachedDetectTrack.cache = cache
+        self.registry = {**registry, "detect_track": CachedDetectTrack}
         self.config = config
-        self.cache = cache
         self.chunk = chunk
         self.source = registry["source"](config.stages.source, _plain_context("source"))
-        self.registry = registry
-        self.detect: StageChain | None = None  # opened on the first clip that is not cached
         self.stack = contextlib.ExitStack()
 
     def __enter__(self) -> WildRun:
-        self.embed = self.stack.enter_context(StageChain(self.config, self.registry, ["segment", "gait"]))
+        self.embed = self.stack.enter_context(StageChain(self.config, self.registry,
+                                                         ["detect_track", "segment", "gait"]))
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -135,39 +178,17 @@ class WildRun:
     def open_matcher(self) -> StageChain:
         return self.stack.enter_context(StageChain(self.config, self.registry, ["match"]))
 
-    def detections(self, clip: Path, spec: Any) -> Iterator[DataMessage]:
-        """detect_track's output for a clip: replayed from the cache onto freshly decoded frames, or computed."""
-        path = self.cache.path(clip)
-        if path is not None and path.is_file():
-            frames, eos_ended = DetectionCache.load(path)
-            for message in read_stream(self.source, spec):
-                if isinstance(message, EndOfStream):
-                    yield dataclasses.replace(message, ended_track_ids=eos_ended)
-                else:
-                    tracks, label_map, ended = frames[message.seq]
-                    yield dataclasses.replace(message, tracks=tracks, label_map=label_map, ended_track_ids=ended)
-            return
-        if self.detect is None:
-            self.detect = self.stack.enter_context(StageChain(self.config, self.registry, ["detect_track"]))
-        records: list[FrameRecord] = []
+    def run_clip(self, clip: ManifestClip, chain: list[StageChain]) -> TrackCollector:
+        """Every frame of `clip` through the chains (lossless batch mode), `chunk` frames at a time."""
+        spec = next(s for s in self.config.streams if Path(s.uri) == clip.path)
+        self.embed.stages[0].tracker.begin(spec.id, clip.path)  # type: ignore[attr-defined]
+        collector = TrackCollector()
         pending: list[DataMessage] = []
         for message in read_stream(self.source, spec):
             pending.append(message)
             if len(pending) < self.chunk and not isinstance(message, EndOfStream):
                 continue
-            for output in self.detect.push(pending):
-                if isinstance(output, FrameRecord):
-                    records.append(output)
-                elif isinstance(output, EndOfStream) and path is not None:
-                    DetectionCache.save(path, records, output)
-                yield output
-            pending = []
-
-    def run_clip(self, clip: ManifestClip, chain: list[StageChain]) -> TrackCollector:
-        spec = next(s for s in self.config.streams if Path(s.uri) == clip.path)
-        collector = TrackCollector()
-        for message in self.detections(clip.path, spec):
-            messages = [message]
+            messages, pending = pending, []
             for stages in chain:
                 messages = stages.push(messages)
             for output in messages:

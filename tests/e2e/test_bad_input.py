@@ -72,3 +72,39 @@ def test_unreachable_rtsp_url():
     done = run_pipeline("--rtsp", url, "--no-display", "--set", "stages.source.connect_timeout_s=2",
                         "--set", "stages.source.initial_connect_attempts=2", timeout_s=180)
     assert_one_clear_error(done, url)
+
+
+@pytest.mark.parametrize("stage", ["bogus", "detect-track"])
+def test_an_unknown_stage_for_only_is_one_error(videos: Path, stage: str):
+    done = run_pipeline("--source", str(videos / "aiog_indoor_C_short.mp4"), "--no-display", "--only", stage,
+                        timeout_s=60)
+    line = assert_one_clear_error(done, "--only", stage)
+    if stage == "detect-track":
+        assert "detect_track" in line
+
+
+def test_a_metrics_port_in_use_is_one_error_and_leaves_nothing_behind(videos: Path, tmp_path: Path):
+    import socket
+
+    runs = tmp_path / "tmp"
+    runs.mkdir()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = run_pipeline("--source", str(videos / "aiog_indoor_C_short.mp4"), "--no-display", "--metrics-port",
+                            str(port), timeout_s=120, env={"TMPDIR": str(runs)})
+    assert_one_clear_error(done, "--metrics-port", str(port))
+    assert list(runs.iterdir()) == []
+
+
+def test_a_truncated_file_is_reported_with_what_was_read_and_counted(tmp_path: Path, videos: Path):
+    folder = tmp_path / "footage"
+    folder.mkdir()
+    (folder / "cut.mp4").write_bytes((videos / "aiog_indoor_C_short.mp4").read_bytes()[:100_000])
+    (folder / "good.mp4").symlink_to(videos / "aiog_indoor_C_short.mp4")
+    done = run_pipeline("--source", str(folder), "--out", str(tmp_path / "out"), "--no-display", timeout_s=300)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "good: 83 frames, ok" in done.stderr
+    line = next(line for line in done.stderr.splitlines() if line.startswith("cut:"))
+    assert "truncated" in line and "18 of the 83 frames" in line, line

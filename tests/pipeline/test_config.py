@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import ConfigError, build_config_model, load_config
+from pipeline.config import ConfigError, build_config_model, load_config, parse_override
 from stages import DEFAULT_GRAPH, stage_registry
 from tests.conftest import REPO_ROOT
 
@@ -47,3 +47,11 @@ def test_errors_name_the_file_and_the_key(model, tmp_path: Path):
     with pytest.raises(ConfigError) as error:
         load_config(model, path)
     assert str(path) in str(error.value) and "stages.match.top_k" in str(error.value)
+
+
+def test_a_bad_command_line_value_names_set_not_the_file(model, tmp_path: Path):
+    path = tmp_path / "ok.yaml"
+    path.write_text("stages:\n  match:\n    top_k: 3\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(model, path, [parse_override("stages.match.top_k=abc")])
+    assert str(error.value).startswith("--set stages.match.top_k: ") and str(path) not in str(error.value)

@@ -79,10 +79,10 @@ def test_a_walk_the_other_way_is_mirrored_to_the_encoders_direction(walk: np.nda
 def test_a_walker_crossing_too_little_is_left_as_seen(walk: np.ndarray):
     """Frontal walks (little sideways travel) have no direction to turn to."""
     config = GaitConfig(encoder=ENCODER, window_frames=30, stride_frames=30, canonical_direction="right_to_left")
-    still = _embeddings(run_stage(GaitStage, _records("a", walk[:30], step_px=0.5), config).outputs)
-    plain = _embeddings(run_stage(GaitStage, _records("a", walk[:30], step_px=0.5),
+    still = _embeddings(run_stage(GaitStage, _records("a", walk[:30], step_px=1.0), config).outputs)
+    plain = _embeddings(run_stage(GaitStage, _records("a", walk[:30], step_px=1.0),
                                   config.model_copy(update={"canonical_direction": "none"})).outputs)
-    assert np.allclose(still[0][1], plain[0][1])
+    assert len(still) == len(plain) == 1 and np.allclose(still[0][1], plain[0][1])
 
 
 def test_end_of_stream_flushes_the_remaining_tracks(walk: np.ndarray):
@@ -91,3 +91,11 @@ def test_end_of_stream_flushes_the_remaining_tracks(walk: np.ndarray):
     outputs = run_stage(GaitStage, [*records, EndOfStream("cam", 0, 20)], config).outputs
     assert isinstance(outputs[-1], EndOfStream) and outputs[-1].embeddings is not None
     assert outputs[-1].embeddings.final.tolist() == [True] and outputs[-1].embeddings.window_frames.tolist() == [20]
+
+
+def test_a_track_that_does_not_move_gets_no_gait_window(walk: np.ndarray):
+    """A bench or a parked bicycle tracked as a person: no embedding, and the skip is counted."""
+    config = GaitConfig(encoder=ENCODER, window_frames=30, stride_frames=15)
+    run = run_stage(GaitStage, _records("cam", walk[:30], step_px=0.1), config)
+    assert _embeddings(run.outputs) == []
+    assert run.metrics is not None and run.metrics.counters['windows_skipped_total{reason="stationary"}'] == 1

@@ -58,3 +58,20 @@ def test_a_file_played_as_a_live_stream_keeps_its_native_rate(short_clip: Path):
     finally:
         source.close()
     assert 0.95 <= elapsed_s <= 1.5, f"30 frame intervals at 30 fps took {elapsed_s:.2f}s"
+
+
+@pytest.mark.parametrize(("limit", "expected"), [(15.0, 42), (10.0, 28), (60.0, SHORT_CLIP_FRAMES)])
+def test_fps_limit_delivers_evenly_spaced_frames_of_a_file(short_clip: Path, limit: float, expected: int):
+    """A 30 fps file capped at 15 fps gives every other frame, in batch as live: accuracy can be measured at the
+    rate a camera will run at."""
+    source = open_source(short_clip, realtime=False, fps_limit=limit)
+    try:
+        frames = []
+        while (frame := source.read()) is not None:
+            frames.append(frame)
+    finally:
+        source.close()
+    assert len(frames) == expected
+    gaps = np.diff([frame.pts_s for frame in frames])
+    assert gaps.min() >= 1 / limit - 1e-6 or limit >= 30
+    assert frames[0].index == 0
