@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from torch import nn
 from tqdm import tqdm
 
-from engines.data.augment import AugmentConfig, augment_sequence
+from engines.data.augment import AugmentConfig, augment_sequence_flipped
 from engines.data.sampling import PKBatchSampler, fixed_frame_indices
 from engines.data.sequences import CASIA_B_VIEWS, open_dataset
 from engines.errors import CheckpointError, ConfigFileError, EngineError
@@ -391,17 +391,19 @@ class Trainer:
         for index in indices:
             frame_idx = fixed_frame_indices(dataset.num_frames(int(index)), frames_per_sequence, rng)
             frames = dataset.frames_at(int(index), frame_idx)
-            sequences.append(augment_sequence(frames, augment, rng))
+            augmented, flipped = augment_sequence_flipped(frames, augment, rng)
+            sequences.append(augmented)
             if with_targets:
-                targets.append(dataset.targets_at(int(index), frame_idx))
+                truth = dataset.targets_at(int(index), frame_idx)
+                targets.append(truth.flipped(dataset.mirror) if flipped else truth)
         return sequences, targets
 
     def batch(self, step: int) -> Batch:
         """Step `step`'s batch: the real P x K sequences, then the synthetic ones with their 3D targets.
 
-        Silhouette augmentations (rotation, erasing) change pixels only; the 3D targets of an augmented synthetic
-        frame are left as they are, which is label noise (a 10 degree turn moves the head 5 px): `synthetic.augment`
-        can switch them off for the synthetic sequences alone.
+        A flipped synthetic sequence gets the mirror-image person's 3D targets; the other augmentations change
+        pixels only and leave the targets as they are, which is label noise (a 10 degree turn moves the head 5 px):
+        `synthetic.augment` can switch them off for the synthetic sequences alone.
         """
         rng = np.random.default_rng([self.config.runtime.seed, step])
         indices = self.sampler.sample(rng)

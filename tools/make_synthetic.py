@@ -3,6 +3,7 @@
     python tools/make_synthetic.py                                   # 100 subjects into runs/synthetic
     python tools/make_synthetic.py --out /tmp/syn --subjects 3 --frames 12
     python tools/make_synthetic.py --body-model SMPL_NEUTRAL.pkl     # a real SMPL file (plain numpy arrays)
+    python tools/make_synthetic.py --out runs/synthetic_wild --subjects 300 --elevation-max 45 --distance-scale 1 2.5
 
 Subjects already written are skipped, so an interrupted run continues where it stopped.
 """
@@ -27,12 +28,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=defaults.seed, help="everything generated follows from it")
     parser.add_argument("--body-model", type=Path, default=None, metavar="PKL",
                         help="SMPL-format body model (default: the open model, written to OUT/body_model.pkl)")
+    parser.add_argument("--elevation-max", type=float, default=defaults.elevation_max_deg, metavar="DEG",
+                        help="cameras look down by up to this angle, drawn per sequence (default: level)")
+    parser.add_argument("--distance-scale", type=float, nargs=2, default=defaults.distance_scale,
+                        metavar=("LOW", "HIGH"), help="camera distance factor drawn per sequence (smaller walkers)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     try:
         spec = SyntheticSpec(out=args.out, subjects=args.subjects, frames=args.frames, seed=args.seed,
-                             body_model=args.body_model)
+                             body_model=args.body_model, elevation_max_deg=args.elevation_max,
+                             distance_scale=tuple(args.distance_scale))
         summary = generate_synthetic(spec, progress=not args.no_progress)
     except EngineError as exc:
         print(f"error: {exc}", file=sys.stderr)

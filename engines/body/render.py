@@ -43,18 +43,21 @@ class Camera:
 
 
 def camera_for_view(view_deg: float, distance_m: float = 6.5, height_m: float = 1.0,
-                    image_hw: tuple[int, int] = (240, 320), focal_px: float = 380.0) -> Camera:
-    """A level camera `distance_m` from the path centre at CASIA-B view `view_deg`, looking at the path.
+                    image_hw: tuple[int, int] = (240, 320), focal_px: float = 380.0,
+                    elevation_deg: float = 0.0) -> Camera:
+    """A camera `distance_m` (horizontally) from the path centre at CASIA-B view `view_deg`, looking at the path.
 
     0 deg: the walker comes towards the camera; 90 deg: side view, the walker's left side towards the camera and
-    walking right to left in the image (as in CASIA-B); 180 deg: walking away. The principal point is the image
-    centre.
+    walking right to left in the image (as in CASIA-B); 180 deg: walking away. `elevation_deg` raises the camera
+    and tilts it down by that angle towards the point `height_m` above the path centre (0: level, as CASIA-B;
+    surveillance cameras look down 10-45 deg). The principal point is the image centre.
     """
-    angle = np.radians(view_deg)
-    centre = np.array([distance_m * np.sin(angle), height_m, distance_m * np.cos(angle)])
-    forward = np.array([-np.sin(angle), 0.0, -np.cos(angle)])
-    down = np.array([0.0, -1.0, 0.0])
-    rotation = np.stack([np.cross(down, forward), down, forward])
+    angle, tilt = np.radians(view_deg), np.radians(elevation_deg)
+    centre = np.array([distance_m * np.sin(angle), height_m + distance_m * np.tan(tilt), distance_m * np.cos(angle)])
+    forward = np.array([-np.sin(angle) * np.cos(tilt), -np.sin(tilt), -np.cos(angle) * np.cos(tilt)])
+    right = np.cross(np.array([0.0, -1.0, 0.0]), forward)
+    right /= np.linalg.norm(right)
+    rotation = np.stack([right, np.cross(forward, right), forward])
     height, width = image_hw
     intrinsics = np.array([[focal_px, 0.0, (width - 1) / 2], [0.0, focal_px, (height - 1) / 2], [0.0, 0.0, 1.0]])
     return Camera(K=intrinsics, R=rotation, t=-rotation @ centre, image_hw=(int(height), int(width)))

@@ -77,6 +77,13 @@ def augment_sequence(
     frames: NDArray[np.uint8], config: AugmentConfig, rng: np.random.Generator
 ) -> NDArray[np.uint8]:
     """(T, H, W) uint8 silhouettes -> augmented (T, H, W) uint8 (a new array; the input is not modified)."""
+    return augment_sequence_flipped(frames, config, rng)[0]
+
+
+def augment_sequence_flipped(
+    frames: NDArray[np.uint8], config: AugmentConfig, rng: np.random.Generator
+) -> tuple[NDArray[np.uint8], bool]:
+    """`augment_sequence`, and whether the walk was mirrored (so 3D targets can be mirrored with it)."""
     _, height, width = frames.shape
     center = ((width - 1) / 2.0, (height - 1) / 2.0)
     homography = np.eye(3)
@@ -92,7 +99,8 @@ def augment_sequence(
             np.ascontiguousarray(frames.transpose(1, 2, 0)), homography, (width, height), flags=cv2.INTER_LINEAR
         )
         out = warped.reshape(height, width, -1).transpose(2, 0, 1)
-    if rng.random() < config.flip_prob:
+    flipped = rng.random() < config.flip_prob
+    if flipped:
         out = mirror_silhouettes(out)
     if rng.random() < config.truncate_prob:
         out = _truncate(out, rng)
@@ -111,7 +119,7 @@ def augment_sequence(
         top = int(rng.integers(0, height - box_h + 1))
         left = int(rng.integers(0, width - box_w + 1))
         out[:, top : top + box_h, left : left + box_w] = 0
-    return np.ascontiguousarray(out)
+    return np.ascontiguousarray(out), bool(flipped)
 
 
 def _as_frames_last(frames: NDArray[np.uint8]) -> NDArray[np.uint8]:

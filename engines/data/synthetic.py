@@ -96,6 +96,11 @@ class SyntheticSpec:
     camera_height_m: float = 1.0
     train_fraction: float = 0.8
     views: tuple[str, ...] = VIEWS  # fewer for quick tests
+    # Real cameras look down on walkers and see them from afar: per sequence, an elevation drawn from
+    # [0, elevation_max_deg] and the camera distance scaled by a factor from distance_scale (smaller walkers, whose
+    # silhouettes pretreatment upscales). The defaults are CASIA-B's level camera at one distance.
+    elevation_max_deg: float = 0.0
+    distance_scale: tuple[float, float] = (1.0, 1.0)
 
     def __post_init__(self) -> None:
         if not 1 <= self.subjects <= 999:
@@ -106,13 +111,21 @@ class SyntheticSpec:
             raise DatasetError(f"fps must be > 0 (got {self.fps})")
         if not self.views or not set(self.views) <= set(VIEWS):
             raise DatasetError(f"views must be some of {', '.join(VIEWS)} (got {list(self.views)})")
+        if not 0 <= self.elevation_max_deg <= 60:
+            raise DatasetError(f"elevation_max_deg must lie in [0, 60] (got {self.elevation_max_deg})")
+        low, high = self.distance_scale
+        if not 0.5 <= low <= high <= 4:
+            raise DatasetError(f"distance_scale must be 0.5 <= low <= high <= 4 (got {self.distance_scale})")
 
     def settings(self) -> dict[str, Any]:
         """The settings a resumed run must share with the files already written."""
-        return {"format": FORMAT, "seed": self.seed, "frames": self.frames, "fps": self.fps,
-                "conditions": list(CONDITIONS), "views": list(self.views), "image_hw": list(self.image_hw),
-                "focal_px": self.focal_px, "camera_distance_m": self.camera_distance_m,
-                "camera_height_m": self.camera_height_m}
+        settings = {"format": FORMAT, "seed": self.seed, "frames": self.frames, "fps": self.fps,
+                    "conditions": list(CONDITIONS), "views": list(self.views), "image_hw": list(self.image_hw),
+                    "focal_px": self.focal_px, "camera_distance_m": self.camera_distance_m,
+                    "camera_height_m": self.camera_height_m}
+        if self.elevation_max_deg or self.distance_scale != (1.0, 1.0):  # absent from sets made before them
+            settings |= {"elevation_max_deg": self.elevation_max_deg, "distance_scale": list(self.distance_scale)}
+        return settings
 
 
 @dataclass(frozen=True)
@@ -169,13 +182,17 @@ def _walk(model: BodyModel, spec: SyntheticSpec, subject: str, condition_index: 
                  np.asarray(betas, np.float32), outfit_extras(outfit, model, vertices, joints, rotations))
 
 
-def _framed_camera(spec: SyntheticSpec, view: str, walk: _Walk) -> Camera:
-    """The view's camera, backed off (x1.1 per try) until the whole walker stays inside the image in every frame."""
+def _framed_camera(spec: SyntheticSpec, view: str, walk: _Walk, rng: np.random.Generator) -> Camera:
+    """The view's camera (elevation and distance drawn from `rng` within the spec's ranges), backed off (x1.1 per
+    try) until the whole walker stays inside the image in every frame."""
     points = np.concatenate([walk.vertices, *walk.extras], axis=1)
     height, width = spec.image_hw
-    distance = spec.camera_distance_m
+    elevation = float(rng.uniform(0.0, spec.elevation_max_deg)) if spec.elevation_max_deg else 0.0
+    low, high = spec.distance_scale
+    distance = spec.camera_distance_m * (float(rng.uniform(low, high)) if high > low else low)
     for _ in range(12):
-        camera = camera_for_view(float(view), distance, spec.camera_height_m, spec.image_hw, spec.focal_px)
+        camera = camera_for_view(float(view), distance, spec.camera_height_m, spec.image_hw, spec.focal_px,
+                                 elevation)
         uv, depth = project(points, camera)
         inside = (uv >= _FRAME_MARGIN_PX).all() and (uv[..., 0] <= width - 1 - _FRAME_MARGIN_PX).all() \
             and (uv[..., 1] <= height - 1 - _FRAME_MARGIN_PX).all()
@@ -199,7 +216,7 @@ def _pretreat_rendered(mask: NDArray[np.uint8]) -> tuple[NDArray[np.uint8], NDAr
     window = np.zeros((height, 2 * height), np.uint8)
     lo, hi = max(first_col, 0), min(first_col + 2 * height, mask.shape[1])
     window[:, lo - first_col : hi - first_col] = mask[rows[0] : rows[-1] + 1, lo:hi]
-    result = pretreat_padded(window)
+    result = pretreat_padded(window, min_height_px=8)  # far walkers are small: upscaled like real ones
     if not isinstance(result, PaddedSilhouette):
         raise DatasetError(f"rendered silhouette rejected by pretreatment: {result.reason} ({result.detail})")
     transform = result.transform
@@ -277,7 +294,8 @@ def _generate_subject(model: BodyModel, spec: SyntheticSpec, subject: str, marke
                     f"{condition}/betas": walk.betas}
         points_world = np.concatenate([walk.joints, walk.vertices[:, marker_ids]], axis=1)
         for view in spec.views:
-            camera = _framed_camera(spec, view, walk)
+            camera = _framed_camera(spec, view, walk, np.random.default_rng([spec.seed, int(subject), 50 + index,
+                                                                            int(view)]))
             masks = render_sequence(walk.vertices, camera, parts, walk.extras)
             pretreated = [_pretreat_rendered(mask) for mask in masks]
             silhouettes = np.stack([sil for sil, _ in pretreated])
@@ -396,6 +414,16 @@ class Targets3D:
         vertices[..., 2] *= -1
         joints = self.points[:, mirror.joint_ids]
         joints[..., 2] *= -1
+        points = np.concatenate([joints, vertices[:, mirror.marker_vertex_ids]], axis=1)
+        return Targets3D(points=points, vertices=vertices, half_extent_m=self.half_extent_m)
+
+    def flipped(self, mirror: MirrorMap) -> Targets3D:
+        """The targets of the horizontally flipped silhouettes (`pretreat.mirror_silhouettes`, x -> -x in the
+        normalised frame): the mirror-image person, whose left joint is the reflection of the original's right."""
+        vertices = self.vertices[:, mirror.vertex_ids]
+        vertices[..., 0] *= -1
+        joints = self.points[:, mirror.joint_ids]
+        joints[..., 0] *= -1
         points = np.concatenate([joints, vertices[:, mirror.marker_vertex_ids]], axis=1)
         return Targets3D(points=points, vertices=vertices, half_extent_m=self.half_extent_m)
 

@@ -275,3 +275,19 @@ def test_body_model_errors_name_the_file_and_the_problem(tmp_path: Path) -> None
     (tmp_path / "junk.pkl").write_bytes(b"not a pickle")
     with pytest.raises(CheckpointError, match="cannot unpickle"):
         BodyModel.load(tmp_path / "junk.pkl")
+
+
+def test_an_elevated_camera_looks_down_at_the_path_centre() -> None:
+    from engines.body.render import camera_for_view, project
+
+    level = camera_for_view(90.0, 6.5, 1.0)
+    high = camera_for_view(90.0, 6.5, 1.0, elevation_deg=30.0)
+    target = np.array([[0.0, 1.0, 0.0]])
+    for camera in (level, high):
+        uv, depth = project(target, camera)
+        np.testing.assert_allclose(uv[0], [(320 - 1) / 2, (240 - 1) / 2], atol=1e-6)  # the image centre
+    centre = -high.R.T @ high.t
+    np.testing.assert_allclose(centre[1], 1.0 + 6.5 * np.tan(np.radians(30.0)), atol=1e-9)
+    np.testing.assert_allclose(high.R @ high.R.T, np.eye(3), atol=1e-12)
+    feet, head = project(np.array([[0.0, 0.0, 0.0], [0.0, 1.8, 0.0]]), high)[0]
+    assert feet[1] > head[1]  # still upright in the image

@@ -210,3 +210,23 @@ def test_dataset_pickles_for_dataloader_workers(dataset: SyntheticGaitDataset) -
     after = clone.targets_at(0, np.array([1, 2]))
     np.testing.assert_array_equal(before.points, after.points)
     np.testing.assert_array_equal(before.vertices, after.vertices)
+
+
+def test_flipped_targets_lie_on_the_flipped_silhouettes(dataset: SyntheticGaitDataset) -> None:
+    """A horizontally flipped walk keeps 3D supervision: the mirror-image person's joints sit on the flipped pixels."""
+    from engines.pretreat import mirror_silhouettes
+
+    key_index = dataset.keys.index(SequenceKey("003", "nm-02", "090"))
+    frames = np.arange(FRAMES)
+    targets = dataset.targets_at(key_index, frames)
+    flipped = targets.flipped(dataset.mirror)
+    silhouettes = mirror_silhouettes(dataset.frames(key_index)) > 0
+    cols = np.clip(np.round(flipped.points[:, :24, 0] * 32 + 22).astype(int), 0, 43)
+    rows = np.clip(np.round(flipped.points[:, :24, 1] * 32 + 32).astype(int), 0, 63)
+    assert silhouettes[frames[:, None], rows, cols].all(), "flipped joints off the flipped silhouette"
+    left_knee = 4
+    np.testing.assert_array_equal(flipped.points[:, left_knee, 0],
+                                  -targets.points[:, dataset.mirror.joint_ids[left_knee], 0])
+    np.testing.assert_array_equal(flipped.points[:, :24, 2], targets.points[:, dataset.mirror.joint_ids, 2])
+    again = flipped.flipped(dataset.mirror)
+    np.testing.assert_array_equal(again.points[:, :24], targets.points[:, :24])
