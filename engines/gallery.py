@@ -84,6 +84,13 @@ class GallerySnapshot:
     parts: int
 
 
+def _checked_name(name: str) -> str:
+    """An identity name without surrounding blanks; `GalleryError` for an empty one."""
+    if not str(name).strip():
+        raise GalleryError("identity name must not be empty")
+    return str(name).strip()
+
+
 class GalleryStore:
     """Identities with several embeddings each, the encoder that made them, and when and where."""
 
@@ -177,8 +184,9 @@ class GalleryStore:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or len(vectors) == 0:
             raise GalleryError(f"expected embeddings of shape (k, D) with k >= 1, got {vectors.shape}")
-        if not name.strip():
-            raise GalleryError("identity name must not be empty")
+        if not np.isfinite(vectors).all():
+            raise GalleryError(f"embeddings for {name!r} hold NaN or infinite values: refused")
+        name = _checked_name(name)
         now = time.time()
         with self._transaction():
             self._check_encoder(encoder, vectors.shape[1], parts)
@@ -193,6 +201,7 @@ class GalleryStore:
         return len(vectors)
 
     def rename(self, old: str, new: str) -> None:
+        new = _checked_name(new)
         with self._transaction():
             if self._db.execute("SELECT 1 FROM identities WHERE name = ?", (new,)).fetchone():
                 raise GalleryError(f"an identity named {new!r} already exists")
@@ -240,16 +249,27 @@ class GalleryStore:
         return GallerySnapshot(tuple(names), vectors, owners, self.encoder, self.parts)
 
     # --- exchange ------------------------------------------------------------------------------------------------
-    def export(self, path: str | Path) -> int:
-        """Write every identity's embeddings to an .npz (portable, no pickle); returns the embedding count."""
+    def export(self, path: str | Path) -> tuple[Path, int]:
+        """Write every identity's embeddings to an .npz (portable, no pickle; `.npz` is added to a path without it,
+        folders are made); returns the path written and the embedding count."""
+        path = Path(path)
+        if path.suffix != ".npz":
+            path = path.with_name(path.name + ".npz")
         snap = self.snapshot()
         meta = {"encoder": snap.encoder, "parts": snap.parts, "schema_version": SCHEMA_VERSION}
-        np.savez(path, names=np.asarray(snap.names, dtype=str), vectors=snap.vectors, owners=snap.owners,
-                 meta=np.asarray(json.dumps(meta)))
-        return len(snap.vectors)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(path, names=np.asarray(snap.names, dtype=str), vectors=snap.vectors, owners=snap.owners,
+                     meta=np.asarray(json.dumps(meta)))
+        except OSError as exc:
+            raise GalleryError(f"cannot export to {path}: {exc.strerror or exc}") from exc
+        return path, len(snap.vectors)
 
     def import_(self, path: str | Path) -> int:
-        """Add every identity of an exported .npz (refused if its encoder differs); returns embeddings added."""
+        """Add every identity of an exported .npz (refused if its encoder differs); returns embeddings added.
+
+        Embeddings an identity already holds (an export imported twice) are skipped, so importing is idempotent.
+        """
         try:
             with np.load(path, allow_pickle=False) as data:
                 names, vectors, owners = list(data["names"]), data["vectors"], data["owners"]
@@ -258,7 +278,10 @@ class GalleryStore:
             raise GalleryError(f"cannot import {path}: not a gallery export ({exc})") from exc
         added = 0
         for index, name in enumerate(names):
-            rows = vectors[owners == index]
+            held = {bytes(row[0]) for row in self._db.execute(
+                "SELECT e.vector FROM embeddings e JOIN identities i ON i.id = e.identity_id WHERE i.name = ?",
+                (str(name),))}
+            rows = np.asarray([v for v in vectors[owners == index] if np.float32(v).tobytes() not in held])
             if len(rows):
                 added += self.add(str(name), rows, encoder=meta["encoder"], parts=int(meta["parts"]),
                                   source=f"import:{Path(path).name}")

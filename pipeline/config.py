@@ -12,7 +12,8 @@ from __future__ import annotations
 import difflib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, create_model
@@ -217,19 +218,72 @@ def merge_trees(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def read_config_tree(path: Path) -> dict[str, Any]:
-    """A config file with its `extends: OTHER.yaml` chain merged in (the other file in the same folder, so every
-    relative path in the chain means the same thing)."""
+def path_keys(model: type[BaseModel]) -> list[tuple[tuple[str, ...], bool]]:
+    """Where a config tree holds paths: (key path, is a list of paths or names) for every `Path`-typed field."""
+    found: list[tuple[tuple[str, ...], bool]] = []
+
+    def walk(cls: type[BaseModel], prefix: tuple[str, ...]) -> None:
+        for name, field in cls.model_fields.items():
+            kinds = _leaf_types(field.annotation)
+            nested = [k for k in kinds if isinstance(k, type) and issubclass(k, BaseModel)]
+            if any(k is Path for k in kinds):
+                found.append(((*prefix, name), get_origin(field.annotation) is list))
+            for sub in nested:
+                walk(sub, (*prefix, name))
+
+    walk(model, ())
+    return found
+
+
+def _leaf_types(annotation: Any) -> list[Any]:
+    """The concrete types inside Annotated / Optional / Union / list annotations."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _leaf_types(get_args(annotation)[0])
+    if origin in (Union, UnionType, list, tuple):
+        return [leaf for arg in get_args(annotation) for leaf in _leaf_types(arg)]
+    return [annotation]
+
+
+def _absolute_paths(tree: dict[str, Any], folder: Path, keys: Sequence[tuple[tuple[str, ...], bool]]) -> None:
+    """Make the relative paths of a tree read from `folder` absolute, so they keep their meaning in another file's
+    tree (names without a folder part in lists stay names: official weights are looked up by name)."""
+    for key_path, is_list in keys:
+        node: Any = tree
+        for part in key_path[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or node.get(key_path[-1]) is None:
+            continue
+        value = node[key_path[-1]]
+
+        def absolute(item: Any, names_stay: bool) -> Any:
+            if not isinstance(item, str) or Path(item).expanduser().is_absolute():
+                return item
+            if names_stay and len(Path(item).parts) < 2:
+                return item
+            return str((folder / item).resolve())
+
+        node[key_path[-1]] = [absolute(v, True) for v in value] if is_list and isinstance(value, list) \
+            else absolute(value, False)
+
+
+def read_config_tree(path: Path, keys: Sequence[tuple[tuple[str, ...], bool]] = ()) -> dict[str, Any]:
+    """A config file with its `extends: OTHER.yaml` chain merged in. `extends` is relative to the extending file
+    (or absolute), so a site's config anywhere can extend the shipped ones; relative paths at `keys` in a file from
+    another folder are made absolute against that file's folder first, so every path means what its file meant."""
     tree = read_yaml(path)
     seen = {path.resolve()}
+    current = path
     while "extends" in tree:
-        parent = path.parent / str(tree.pop("extends"))
-        if parent.resolve().parent != path.resolve().parent:
-            raise ConfigError(f"{path}: extends: {parent.name} must be a file in the same folder")
-        if parent.resolve() in seen:
-            raise ConfigError(f"{path}: extends: {parent.name} makes a loop")
-        seen.add(parent.resolve())
-        tree = merge_trees(read_yaml(parent), tree)
+        parent = (current.parent / str(tree.pop("extends"))).resolve()
+        if parent in seen:
+            raise ConfigError(f"{path}: extends: {parent} makes a loop")
+        seen.add(parent)
+        parent_tree = read_yaml(parent)
+        if parent.parent != path.resolve().parent:
+            _absolute_paths(parent_tree, parent.parent, keys)
+        tree = merge_trees(parent_tree, tree)
+        current = parent
     return tree
 
 
@@ -239,7 +293,7 @@ def load_config(
     overrides: Sequence[tuple[list[str], Any]] = (),
 ) -> Any:
     """Read, override, validate. Relative paths, overrides' too, resolve against the file's folder."""
-    tree = read_config_tree(path) if path is not None else {}
+    tree = read_config_tree(path, path_keys(model)) if path is not None else {}
     for key_path, value in overrides:
         apply_override(tree, key_path, value)
     source = str(path) if path is not None else "(defaults)"

@@ -109,7 +109,8 @@ def _curve_keys(settings: CurveSettings | None) -> CurveKeys | None:
 def assign_inputs(
     streams: list[StreamSpec], is_live: Callable[[StreamSpec], bool], parallel: int
 ) -> list[list[StreamSpec]]:
-    """One source process per live stream; recorded files spread round-robin over `parallel` processes."""
+    """One source process per live stream (a camera, or a file played as one in `mode: live`); recorded files spread
+    round-robin over `parallel` processes."""
     live = [[s] for s in streams if is_live(s)]
     files = [s for s in streams if not is_live(s)]
     lanes = [files[i::parallel] for i in range(min(parallel, len(files)))]
@@ -188,7 +189,12 @@ class Supervisor:
             raise ConfigError(f"stage {self.source_stage!r} is not a source")
         source_config = self._stage_config(self.source_stage)
         parallel = getattr(source_config, "parallel_inputs", 1)
-        for i, lane in enumerate(assign_inputs(list(self.config.streams), source_cls.is_live, parallel)):
+        mode = getattr(source_config, "mode", "auto")
+
+        def runs_live(spec: StreamSpec) -> bool:  # the source runner decides the same way per input
+            return source_cls.is_live(spec) if mode == "auto" else mode == "live"
+
+        for i, lane in enumerate(assign_inputs(list(self.config.streams), runs_live, parallel)):
             spec = ProcessSpec(process=f"{self.source_stage}-{i}", stage_cls=source_cls, config=source_config,
                                output=self._edge_into(graph[0]), inputs=tuple(lane), **common)
             self._add(ManagedProcess(spec.process, spec, is_source=True))

@@ -6,7 +6,9 @@
     python tools/gallery.py export backup.npz          # portable: names + embeddings + encoder, no pickle
     python tools/gallery.py import backup.npz          # refused when its encoder differs from the gallery's
 
-The gallery is `--gallery PATH`, else $GAITSTREAM_GALLERY, else ./gallery.sqlite (as for run_pipeline.py).
+The gallery is `--gallery PATH` (before or after the command), else the config's `stages.match.gallery`, else
+$GAITSTREAM_GALLERY, else ./gallery.sqlite: the lookup every tool and run_pipeline.py make. Exit codes: 0 done,
+2 nothing done (the error says why).
 """
 
 from __future__ import annotations
@@ -18,34 +20,52 @@ from pathlib import Path
 
 from engines.errors import EngineError
 from engines.gallery import GalleryStore, resolve_gallery_path
+from pipeline.errors import GaitstreamError
+
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pipeline" / "default.yaml"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--gallery", type=Path, help="gallery file (default: $GAITSTREAM_GALLERY, ./gallery.sqlite)")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--gallery", type=Path, default=argparse.SUPPRESS,
+                        help="gallery file (default: the config's, $GAITSTREAM_GALLERY, ./gallery.sqlite)")
+    common.add_argument("--config", type=Path, default=argparse.SUPPRESS,
+                        help=f"pipeline YAML whose stages.match.gallery to use (default: {DEFAULT_CONFIG.name})")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     parents=[common])
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("list", help="every identity with its embedding count and sources")
-    rename = commands.add_parser("rename", help="give an identity another name")
+    commands.add_parser("list", parents=[common], help="every identity with its embedding count and sources")
+    rename = commands.add_parser("rename", parents=[common], help="give an identity another name")
     rename.add_argument("old")
     rename.add_argument("new")
-    delete = commands.add_parser("delete", help="remove an identity and its embeddings")
+    delete = commands.add_parser("delete", parents=[common], help="remove an identity and its embeddings")
     delete.add_argument("name")
-    export = commands.add_parser("export", help="write every identity to an .npz")
+    export = commands.add_parser("export", parents=[common], help="write every identity to an .npz")
     export.add_argument("path", type=Path)
-    import_ = commands.add_parser("import", help="add every identity of an exported .npz")
+    import_ = commands.add_parser("import", parents=[common], help="add every identity of an exported .npz")
     import_.add_argument("path", type=Path)
     args = parser.parse_args(argv)
 
-    path = resolve_gallery_path(args.gallery)
     try:
+        path = gallery_path(getattr(args, "gallery", None), getattr(args, "config", DEFAULT_CONFIG))
         gallery = GalleryStore(path, create=args.command == "import")
         try:
             return run(args, gallery)
         finally:
             gallery.close()
-    except EngineError as exc:
+    except (EngineError, GaitstreamError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def gallery_path(explicit: Path | None, config_path: Path) -> Path:
+    """--gallery, else the config's stages.match.gallery, else $GAITSTREAM_GALLERY, else ./gallery.sqlite."""
+    if explicit is not None:
+        return resolve_gallery_path(explicit)
+    from stages import load_pipeline_config
+
+    return resolve_gallery_path(load_pipeline_config(config_path).stages.match.gallery)
 
 
 def run(args: argparse.Namespace, gallery: GalleryStore) -> int:
@@ -64,8 +84,8 @@ def run(args: argparse.Namespace, gallery: GalleryStore) -> int:
         removed = gallery.delete(args.name)
         print(f"deleted {args.name} ({removed} embeddings)")
     elif args.command == "export":
-        count = gallery.export(args.path)
-        print(f"exported {count} embeddings to {args.path}")
+        written, count = gallery.export(args.path)
+        print(f"exported {count} embeddings to {written}")
     elif args.command == "import":
         count = gallery.import_(args.path)
         print(f"imported {count} embeddings from {args.path}")

@@ -57,7 +57,7 @@ def test_rename_delete_export_import(gallery: GalleryStore, tmp_path: Path):
     gallery.rename("anon-0001", "carol")
     with pytest.raises(GalleryError, match="already exists"):
         gallery.rename("carol", "bob")
-    assert gallery.export(tmp_path / "backup.npz") == 8
+    assert gallery.export(tmp_path / "backup.npz") == (tmp_path / "backup.npz", 8)
     assert gallery.delete("bob") == 5
     with pytest.raises(GalleryError, match="no identity named 'bob'"):
         gallery.delete("bob")
@@ -136,3 +136,42 @@ def test_track_evidence_is_the_frame_weighted_mean_of_normalised_windows():
     expected = (30 * unit[0] + 30 * unit[1] + 15 * unit[2]) / 75  # the large window does not dominate
     assert np.allclose(evidence.embedding(), expected, atol=1e-6)
     assert (evidence.windows, evidence.frames, evidence.last_seen_s) == (3, 75, 1.0)
+
+
+def test_names_must_not_be_blank_and_vectors_must_be_finite(gallery: GalleryStore):
+    gallery.add("bob", vectors(1), encoder="enc@1", parts=PARTS)
+    with pytest.raises(GalleryError, match="must not be empty"):
+        gallery.rename("bob", "  ")
+    bad = vectors(2)
+    bad[1, 3] = np.nan
+    with pytest.raises(GalleryError, match="NaN"):
+        gallery.add("carol", bad, encoder="enc@1", parts=PARTS)
+    assert [i.name for i in gallery.identities()] == ["bob"]
+
+
+def test_export_makes_its_folder_and_names_the_file_it_wrote_and_import_is_idempotent(gallery: GalleryStore,
+                                                                                       tmp_path: Path):
+    gallery.add("bob", vectors(1), encoder="enc@1", parts=PARTS)
+    written, count = gallery.export(tmp_path / "new" / "folder" / "backup")
+    assert written == tmp_path / "new" / "folder" / "backup.npz" and written.is_file() and count == 3
+    assert gallery.import_(written) == 0  # everything is already there
+    other = GalleryStore(tmp_path / "other.sqlite")
+    assert other.import_(written) == 3 and other.import_(written) == 0
+    assert [(i.name, i.embeddings) for i in other.identities()] == [("bob", 3)]
+    other.close()
+
+
+def test_gallery_tool_takes_gallery_after_the_command_and_reads_the_configs(tmp_path: Path):
+    path = tmp_path / "from_config.sqlite"
+    store = GalleryStore(path)
+    store.add("bob", vectors(1), encoder="enc@1", parts=PARTS)
+    store.close()
+    config = tmp_path / "site.yaml"
+    config.write_text(f"extends: {REPO_ROOT / 'configs' / 'pipeline' / 'default.yaml'}\n"
+                      f"stages:\n  match:\n    gallery: {path}\n")
+    tool = [sys.executable, str(REPO_ROOT / "tools" / "gallery.py")]
+    after = subprocess.run([*tool, "list", "--gallery", str(path)], capture_output=True, text=True, timeout=60)
+    assert after.returncode == 0 and "bob\t3 embeddings" in after.stdout, after.stderr
+    from_config = subprocess.run([*tool, "list", "--config", str(config)], capture_output=True, text=True,
+                                 timeout=60, cwd=tmp_path)
+    assert from_config.returncode == 0 and str(path) in from_config.stdout, from_config.stderr

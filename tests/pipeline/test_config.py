@@ -31,14 +31,31 @@ def test_extends_merges_sections_and_replaces_lists(model, tmp_path: Path):
     assert [s.id for s in config.streams] == ["door"]
 
 
-def test_extends_loop_and_foreign_folder_are_errors(model, tmp_path: Path):
+def test_extends_loop_and_missing_parent_are_errors(model, tmp_path: Path):
     (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
     (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
     with pytest.raises(ConfigError, match="loop"):
         load_config(model, tmp_path / "a.yaml")
     (tmp_path / "c.yaml").write_text("extends: ../elsewhere.yaml\n")
-    with pytest.raises(ConfigError, match="same folder"):
+    with pytest.raises(ConfigError, match="elsewhere.yaml: config file not found"):
         load_config(model, tmp_path / "c.yaml")
+
+
+def test_a_site_config_anywhere_extends_the_shipped_one_and_its_paths_keep_their_meaning(model, tmp_path: Path):
+    shipped = REPO_ROOT / "configs" / "pipeline" / "default.yaml"
+    site = tmp_path / "site" / "cameras.yaml"
+    site.parent.mkdir()
+    site.write_text(f"extends: {shipped}\nstages:\n  match:\n    gallery: people.sqlite\n")
+    config = load_config(model, site)
+    reference = load_config(model, shipped)
+    encoder = REPO_ROOT / "weights" / "meshgait_compact_casiab.pt"
+    assert config.stages.gait.encoder.resolve() == reference.stages.gait.encoder.resolve() == encoder.resolve()
+    assert [Path(w).resolve() for w in config.stages.detect_track.detector.weights] == \
+        [Path(w).resolve() for w in reference.stages.detect_track.detector.weights]
+    assert config.stages.match.gallery == site.parent / "people.sqlite"  # the site file's own relative path
+    chained = tmp_path / "site" / "door.yaml"  # a chain: door.yaml -> cameras.yaml -> the shipped default
+    chained.write_text("extends: cameras.yaml\n")
+    assert load_config(model, chained).stages.gait.encoder.resolve() == encoder.resolve()
 
 
 def test_errors_name_the_file_and_the_key(model, tmp_path: Path):
@@ -55,3 +72,23 @@ def test_a_bad_command_line_value_names_set_not_the_file(model, tmp_path: Path):
     with pytest.raises(ConfigError) as error:
         load_config(model, path, [parse_override("stages.match.top_k=abc")])
     assert str(error.value).startswith("--set stages.match.top_k: ") and str(path) not in str(error.value)
+
+
+def test_files_played_as_cameras_get_a_source_process_each(videos: Path):
+    """multi_camera.yaml with files instead of URLs: `mode: live` means one process per camera, as with cameras."""
+    import shutil
+
+    from pipeline.supervisor import Supervisor
+    from stages import load_pipeline_config
+
+    clips = [str(videos / "aiog_lobby_C.mp4"), str(videos / "aiog_indoor_C_short.mp4")]
+    for mode, sources in (("live", 2), ("batch", 1)):
+        config = load_pipeline_config(REPO_ROOT / "configs" / "pipeline" / "multi_camera.yaml", [
+            (["streams"], [{"uri": clip} for clip in clips]), (["stages", "source", "mode"], mode)])
+        supervisor = Supervisor(config, stage_registry())
+        try:
+            supervisor._build()
+            lanes = [m.spec.inputs for m in supervisor.processes.values() if m.is_source]
+        finally:
+            shutil.rmtree(supervisor.run_dir, ignore_errors=True)
+        assert len(lanes) == sources, (mode, lanes)
