@@ -22,7 +22,6 @@ from engines.errors import EngineError
 from engines.gallery import GalleryStore, resolve_gallery_path
 from pipeline.errors import GaitstreamError
 
-
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pipeline" / "default.yaml"
 
 
