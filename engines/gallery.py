@@ -167,6 +167,19 @@ class GalleryStore:
             raise GalleryError(f"{self.path}: embeddings are {self.embedding_dim}-D, got {dim}-D")
 
     # --- writing -------------------------------------------------------------------------------------------------
+    def check_can_add(self, name: str, encoder: str) -> None:
+        """Fail now, before a walk is recorded, if `add(name, ..., encoder=encoder)` would fail: a blank name,
+        embeddings of another encoder, or a gallery that cannot be written (read-only file or folder, locked)."""
+        _checked_name(name)
+        if self.encoder is not None and self.encoder != encoder:
+            raise GalleryError(f"{self.path} holds embeddings of encoder {self.encoder}; this pipeline's is {encoder} "
+                               f"(use another gallery file, or re-enrol everyone with the new encoder)")
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("ROLLBACK")
+        except sqlite3.DatabaseError as exc:
+            raise GalleryError(f"cannot write gallery {self.path}: {exc}") from exc
+
     def add(
         self,
         name: str,

@@ -18,6 +18,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -34,9 +35,8 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pipeline" / 
 ENROL_GRAPH = ["detect_track", "segment", "gait"]
 
 
-def collect_tracks(config_path: Path, source: str, *, rotate: str | None, max_seconds: float | None,
-                   overrides: list[str], progress: bool) -> tuple[TrackCollector, object]:
-    """Run detect_track → segment → gait on `source` in this process; every track's summary."""
+def enrolment_config(config_path: Path, source: str, *, rotate: str | None, overrides: list[str]) -> Any:
+    """The pipeline config for detect_track → segment → gait on `source`."""
     from pipeline.config import parse_override
 
     stream = {"uri": source, **({"rotate": rotate} if rotate else {})}
@@ -47,9 +47,27 @@ def collect_tracks(config_path: Path, source: str, *, rotate: str | None, max_se
     ])
     if config.stages.gait.encoder is None:
         raise GaitstreamError(f"{config_path}: stages.gait.encoder is not set; enrolment needs a gait encoder")
+    return config
+
+
+def check_gallery(config: Any, gallery_path: Path, name: str) -> None:
+    """Everything that could refuse the enrolment, checked before the first frame (a live walk is not repeated)."""
+    from engines.gait.encoder import open_encoder
+
+    gait = config.stages.gait
+    encoder = open_encoder(Path(gait.encoder), backend=gait.backend, device=gait.device, threads=gait.threads)
+    gallery = GalleryStore(gallery_path)
+    try:
+        gallery.check_can_add(name, encoder.name)
+    finally:
+        gallery.close()
+
+
+def collect_tracks(config: Any, *, max_seconds: float | None, progress: bool) -> TrackCollector:
+    """Run detect_track → segment → gait in this process; every track's summary."""
     collector = TrackCollector()
     run_sequential(config, stage_registry(), on_output=collector, max_seconds=max_seconds, progress=progress)
-    return collector, config
+    return collector
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,17 +93,18 @@ def main(argv: list[str] | None = None) -> int:
     if live and args.max_seconds is None:
         parser.error("a live stream never ends by itself: give --max-seconds")
     try:
+        config = enrolment_config(args.config, args.source, rotate=args.rotate, overrides=args.overrides)
+        gallery_path = resolve_gallery_path(args.gallery or config.stages.match.gallery)
         with contextlib.redirect_stdout(sys.stderr):  # libraries' chatter must not mix with the track listing
-            collector, config = collect_tracks(args.config, args.source, rotate=args.rotate,
-                                               max_seconds=args.max_seconds, overrides=args.overrides,
-                                               progress=not args.quiet)
+            if not args.list_tracks:
+                check_gallery(config, gallery_path, args.name)
+            collector = collect_tracks(config, max_seconds=args.max_seconds, progress=not args.quiet)
         tracks = collector.in_order()
         if args.list_tracks:
             for track in tracks:
                 print(f"{track.track_id} {track.first_frame} {track.last_frame} {track.silhouettes}")
             return 0
         track = choose_track(tracks, args.track_id, args.source)
-        gallery_path = resolve_gallery_path(args.gallery or config.stages.match.gallery)
         gallery = GalleryStore(gallery_path)
         try:
             added = gallery.add(args.name, np.stack(track.embeddings), encoder=collector.encoder,
