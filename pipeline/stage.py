@@ -387,6 +387,9 @@ class StageRunner(_Base):
         for _ in records:
             self.metrics.observe_ms("process", elapsed_ms / len(records))
         self.metrics.inc("frames_in_total", len(records))
+        if self.sender is None:  # the chain's last stage: frames done per stream, for a run stopped mid-stream
+            for record in records:
+                self.metrics.inc("frames_done_total", stream=record.stream_id)
         self._emit(outputs)
 
     def _run_end_of_stream(self, eos: EndOfStream) -> None:

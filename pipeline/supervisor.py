@@ -280,8 +280,10 @@ class Supervisor:
                     managed.process.join(5)
                     self._schedule_restart(managed, f"no heartbeat for {silent_s:.1f}s")
                 continue
-            if code == EXIT_OK and (managed.is_source or self.stop_reason):
-                managed.state = ProcessState.STOPPED
+            if self.stop_reason or (code == EXIT_OK and managed.is_source):
+                managed.state = ProcessState.STOPPED  # shutting down: whatever the exit, never restart
+                if code not in (EXIT_OK, None):
+                    log.info("%s ended with exit code %s while stopping", managed.name, code)
             elif code == EXIT_FATAL:
                 # The process reported why (open_failed) unless it died before it could.
                 if managed.state != ProcessState.FAILED:
@@ -377,10 +379,14 @@ class Supervisor:
             if self._signals == 1:
                 log.info("%s received; stopping (again to kill)", signal.Signals(signum).name)
                 self.stop_reason = self.stop_reason or "signal"
-            else:
+            else:  # kill at once, but let the sink finalise what it writes (an mp4 without its index is lost)
+                last = self.config.graph[-1]
                 for managed in self.processes.values():
                     if managed.process is not None and managed.process.is_alive():
-                        managed.process.kill()
+                        if managed.name == last:
+                            managed.process.terminate()
+                        else:
+                            managed.process.kill()
 
         return {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
 
@@ -516,6 +522,10 @@ class Supervisor:
             self._handle_control(server)
 
     def _result(self, elapsed_s: float) -> RunResult:
+        done = self.board.counters(self.config.graph[-1])
+        for stream, entry in self.streams.items():  # stopped mid-stream: what the last stage got through
+            if not entry.get("finished"):
+                entry["frames"] = int(done.get(f'frames_done_total{{stream="{stream}"}}', 0))
         finished = [s for s, e in self.streams.items() if e.get("finished") and e.get("end_reason") == "end"]
         if self.failed:
             code = 2 if not finished else 1

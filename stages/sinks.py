@@ -4,7 +4,8 @@ Per input stream (folder `OUT/<stream id>/`, the input's stem for files):
 - `annotated.mp4`: every frame with the overlay, at the input's frame rate;
 - `events.jsonl`: one JSON object per line, each with `type`, `stream`, `frame`, `t` (media seconds),
   `track_id` and `bbox` ([x1, y1, x2, y2] pixels, or null): `track` per tracked person per frame, `track_end`,
-  `embedding`, `identity` (with `identity`, `score`, `candidates`), and `stream_end`;
+  `embedding`, `identity` (with `identity`, `score`, `candidates`), and `stream_end` (with `frames` delivered and
+  `reason`); `frame` is always the index of a frame of the stream, never decreasing;
 - with `save_silhouettes`, each track's silhouettes in OpenGait's layout `<stream>/<track>/000/000.pkl`, a
   pickled uint8 array (T, 64, 44), so the output can feed training.
 The same events go out on a ZeroMQ PUB socket (topic = stream id) when `events_endpoint` is set.
@@ -80,6 +81,7 @@ class _StreamOutputs:
     last_box: dict[int, list[float]] = field(default_factory=dict)
     frames_written: int = 0
     end_t: float = 0.0  # media time just after the last frame seen
+    last_seq: int = -1  # index of the last frame seen: what end-of-stream events refer to
     fps: float = 0.0
     last_frame_s: float = 0.0
 
@@ -145,6 +147,7 @@ class SinkStage(Stage):
         config: SinkConfig = self.config  # type: ignore[assignment]
         outputs = self._outputs(record.stream_id)
         outputs.end_t = record.pts_s + 1.0 / record.fps
+        outputs.last_seq = max(outputs.last_seq, record.seq)
         self._record_events(outputs, record, record.seq, record.pts_s)
         if record.silhouettes is not None:
             for track_id, image in zip(record.silhouettes.track_ids.tolist(), record.silhouettes.images):
@@ -233,6 +236,7 @@ class SinkStage(Stage):
         sequence = outputs.sequences.pop(track_id, None)
         outputs.latest_silhouette.pop(track_id, None)
         outputs.labels.pop(track_id, None)
+        outputs.last_box.pop(track_id, None)
         if sequence and len(sequence) < self.config.min_saved_silhouettes:  # type: ignore[attr-defined]
             log.info("not saving short track stream=%s track=%d silhouettes=%d", stream_id, track_id, len(sequence))
             self.context.metrics.inc("short_tracks_not_saved_total")
@@ -251,11 +255,11 @@ class SinkStage(Stage):
     # --- end of stream ---------------------------------------------------------------------------------------
     def on_end_of_stream(self, eos: EndOfStream) -> list[DataMessage]:
         outputs = self._outputs(eos.stream_id)
-        t = outputs.end_t
-        self._record_events(outputs, eos, eos.frames, t)
+        t, last = outputs.end_t, max(outputs.last_seq, 0)  # events of the end belong to the last frame
+        self._record_events(outputs, eos, last, t)
         for track_id in [*eos.ended_track_ids.tolist(), *list(outputs.sequences)]:
             self._finish_track(eos.stream_id, outputs, track_id)
-        self._emit(outputs, self._event("stream_end", eos.stream_id, eos.frames, t, None, None,
+        self._emit(outputs, self._event("stream_end", eos.stream_id, last, t, None, None, frames=eos.frames,
                                         reason=eos.reason, detail=eos.detail))
         self._close_stream(eos.stream_id)
         return [eos]

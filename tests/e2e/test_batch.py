@@ -78,4 +78,17 @@ def test_events_name_stream_frame_time_track_and_box(outdoor_run):
     boxes = [e["bbox"] for e in events if e["type"] == "track"]
     assert boxes and all(len(box) == 4 and box[0] < box[2] and box[1] < box[3] for box in boxes)
     frames = [e["frame"] for e in events]
-    assert frames == sorted(frames) and frames[-1] == 211 and events[-1]["type"] == "stream_end"
+    assert frames == sorted(frames) and frames[-1] == 210 and events[-1]["type"] == "stream_end"
+
+
+def test_event_frames_are_frame_indices_and_never_go_back(outdoor_run):
+    """Frames 0-210: every event refers to one of them, in order; the end of the stream says how many there were."""
+    _, folder = outdoor_run
+    events = read_events(folder / "events.jsonl")
+    frames = [e["frame"] for e in events]
+    assert frames == sorted(frames) and 0 <= frames[0] and frames[-1] == 210
+    end = events[-1]
+    assert end["type"] == "stream_end" and end["frames"] == 211 and end["reason"] == "end"
+    track_ids = sorted({e["track_id"] for e in events if e["type"] == "track"})
+    ended = [e["track_id"] for e in events if e["type"] == "track_end"]
+    assert sorted(ended) == track_ids and len(set(ended)) == len(ended)  # each track ends once: ids never reused
