@@ -116,8 +116,21 @@ def print_summary(result, out: Path | None) -> None:
         print(f"error: {why}" if result.exit_code == 2 else f"skipped {uri}: {why}", file=sys.stderr)
     for error in result.errors:
         print(f"error: {error}", file=sys.stderr)
+    if (hint := rotation_hint(result.metrics)) is not None:
+        print(f"hint: {hint}", file=sys.stderr)
     if out is not None:
         print(f"outputs in {out}", file=sys.stderr)
+
+
+def rotation_hint(metrics: dict) -> str | None:
+    """A camera on its side shows people lying down: their masks are wider than tall and are all rejected."""
+    counters = metrics.get("segment", {}).get("counters", {})
+    wide = int(counters.get('silhouettes_rejected_total{reason="wide"}', 0))
+    kept = int(counters.get("silhouettes_total", 0))
+    if wide >= 10 and wide > 2 * kept:
+        return (f"{wide} person masks were wider than tall and only {kept} became silhouettes: if the camera is on "
+                f"its side, run again with --rotate cw90 (or ccw90)")
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,11 +157,13 @@ def main(argv: list[str] | None = None) -> int:
     out = config.stages.sink.out_dir
     if out is not None:
         try:
+            out.mkdir(parents=True, exist_ok=True)  # a run that failed early has not made it yet
             (out / "summary.json").write_text(json.dumps(result.to_json(), indent=2, default=str))
         except OSError as exc:
             print(f"error: cannot write {out / 'summary.json'}: {exc.strerror or exc}", file=sys.stderr)
             result.exit_code = result.exit_code or 2
-    print_summary(result, out)
+    made = out is not None and out.is_dir() and any(p.name != "summary.json" for p in out.iterdir())
+    print_summary(result, out if made else None)
     return result.exit_code
 
 

@@ -788,5 +788,6 @@ def run_process(spec: ProcessSpec) -> None:
 
 def _report_fatal(runner: _Base, exc: Exception, doing: str) -> None:
     message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    log.error("%s: %s", doing, message, exc_info=log.isEnabledFor(logging.DEBUG))
+    # The supervisor receives the report and the run ends with it as its one error line; no second copy here.
+    log.debug("%s: %s", doing, message, exc_info=True)
     runner.send_control(Report(runner.spec.process, "fatal", detail=message))

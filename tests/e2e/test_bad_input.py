@@ -108,3 +108,22 @@ def test_a_truncated_file_is_reported_with_what_was_read_and_counted(tmp_path: P
     assert "good: 83 frames, ok" in done.stderr
     line = next(line for line in done.stderr.splitlines() if line.startswith("cut:"))
     assert "truncated" in line and "18 of the 83 frames" in line, line
+
+
+def test_a_stage_that_cannot_open_is_said_once_and_nothing_else_is_blamed(tmp_path: Path, videos: Path):
+    out = tmp_path / "not" / "made" / "yet"
+    done = run_pipeline("--source", str(videos / "aiog_indoor_C_short.mp4"), "--no-display", "--out", str(out),
+                        "--set", "stages.gait.encoder=/nonexistent.pt", timeout_s=180)
+    line = assert_one_clear_error(done, "gait", "/nonexistent.pt")
+    assert done.stderr.count("no such encoder file") == 1, done.stderr
+    assert "summary.json" not in line and (out / "summary.json").is_file()
+
+
+def test_a_camera_on_its_side_gets_a_hint_to_rotate(videos: Path):
+    done = run_pipeline("--source", str(videos / "aiog_rotated_sideways.mp4"), "--no-display", timeout_s=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    hint = next(line for line in done.stderr.splitlines() if line.startswith("hint:"))
+    assert "--rotate" in hint
+    rotated = run_pipeline("--source", str(videos / "aiog_rotated_sideways.mp4"), "--no-display", "--rotate", "cw90",
+                           timeout_s=300)
+    assert rotated.returncode == 0 and "hint:" not in rotated.stderr, rotated.stderr[-3000:]
