@@ -91,8 +91,12 @@ class MatchStage(Stage):
         self.index = GalleryIndex(self.store.snapshot())
         self.anonymous_count = sum(1 for i in self.store.identities() if i.anonymous)
         self.context.metrics.set("gallery_identities", len(self.index))
-        log.info("gallery %s: %d identities, %d embeddings, encoder %s", self.gallery_path, len(self.index),
-                 len(self.index.vectors), self.index.encoder)
+        if not len(self.index):
+            log.warning("gallery %s holds no identities: every track is unknown until someone is enrolled "
+                        "(tools/enroll.py)", self.gallery_path)
+        else:
+            log.info("gallery %s: %d identities, %d embeddings, encoder %s", self.gallery_path, len(self.index),
+                     len(self.index.vectors), self.index.encoder)
 
     def on_tick(self, now_s: float) -> None:
         config: MatchConfig = self.config  # type: ignore[assignment]

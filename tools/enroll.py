@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.redirect_stdout(sys.stderr):  # libraries' chatter must not mix with the track listing
             if not args.list_tracks:
                 check_gallery(config, gallery_path, args.name)
-            collector = collect_tracks(config, max_seconds=args.max_seconds, progress=not args.quiet)
+            collector = collect_tracks(config, max_seconds=args.max_seconds,
+                                       progress=not args.quiet and sys.stderr.isatty())
         tracks = collector.in_order()
         if args.list_tracks:
             for track in tracks:

@@ -232,8 +232,9 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         enrolled: dict[str, int] = {}
         clip_reports: list[dict[str, Any]] = []
         answers: list[ProbeAnswer] = []
+        quiet = args.no_progress or not sys.stderr.isatty()
         with WildRun(config, cache, args.chunk) as run, \
-                tqdm(total=len(clips), unit="clip", disable=args.no_progress, dynamic_ncols=True) as bar:
+                tqdm(total=len(clips), unit="clip", disable=quiet, dynamic_ncols=True) as bar:
             store = GalleryStore(gallery_path)
             try:
                 for clip in gallery_clips:
