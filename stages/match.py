@@ -106,6 +106,7 @@ class MatchStage(Stage):
         stale = [key for key, t in self.tracks.items() if now_s - t.evidence.last_seen_s > config.track_timeout_s]
         for key in stale:
             del self.tracks[key]
+        self.context.metrics.set("live_tracks", len(self.tracks))
 
     # --- decisions ---------------------------------------------------------------------------------------------
     def _can_match(self, embeddings: Embeddings) -> bool:
@@ -209,6 +210,7 @@ class MatchStage(Stage):
         ending = sorted(set(eos.ended_track_ids.tolist()) | {t for s, t in self.tracks if s == eos.stream_id})
         identities = self._identities(eos.stream_id, ending, decided)
         self._end_tracks(eos.stream_id, ending)
+        self.context.metrics.set("live_tracks", len(self.tracks))
         return [dataclasses.replace(eos, identities=identities)]
 
     def close(self) -> None:
