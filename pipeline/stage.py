@@ -294,7 +294,7 @@ class _Base:
             self.next_heartbeat_s = now + self.runtime.heartbeat_interval_s
             if self.sender is not None:
                 self.metrics.set("backlog", self.sender.backlog)
-                self.metrics.set("resent_total", self.sender.resends)
+                self.metrics.inc("resent_total", self.sender.resends - self.metrics.counters.get("resent_total", 0))
             if now >= self.next_heap_trim_s:  # a trim costs ~5 ms and re-faulting what it released: not too often
                 self.next_heap_trim_s = now + self.runtime.heap_trim_interval_s
                 self.trim_heap()

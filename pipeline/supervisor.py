@@ -28,13 +28,16 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any
+from wsgiref.simple_server import WSGIServer
 
 import zmq
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import start_http_server
 
 from pipeline.config import CurveSettings, RuntimeConfig, StageConfig, StreamSpec
 from pipeline.errors import ConfigError, SchemaError
 from pipeline.messages import Heartbeat, Ready, Report, Stop, decode, encode
-from pipeline.metrics import MetricsBoard
+from pipeline.metrics import BoardCollector, MetricsBoard, frames_passed
 from pipeline.shm import remove_run_rings
 from pipeline.stage import EXIT_FATAL, EXIT_OK, EdgeSpec, ProcessSpec, SourceStage, Stage, run_process
 from pipeline.transport import ControlServer, CurveKeys
@@ -106,6 +109,16 @@ def _curve_keys(settings: CurveSettings | None) -> CurveKeys | None:
     )
 
 
+def serve_metrics(registry: CollectorRegistry, port: int) -> WSGIServer:
+    """Serve `registry` for Prometheus on 127.0.0.1:port from a daemon thread; returns the server to shut down.
+    A port that cannot be bound is a configuration error, reported before any process starts."""
+    try:
+        server, _ = start_http_server(port, addr="127.0.0.1", registry=registry)
+    except OSError as exc:
+        raise ConfigError(f"--metrics-port {port}: cannot serve metrics there ({exc.strerror or exc})") from None
+    return server
+
+
 def assign_inputs(
     streams: list[StreamSpec], is_live: Callable[[StreamSpec], bool], parallel: int
 ) -> list[list[StreamSpec]]:
@@ -137,6 +150,8 @@ class Supervisor:
         self.on_report = on_report
         self.run_id = secrets.token_hex(4)
         self.board = MetricsBoard()
+        self.metrics_registry = CollectorRegistry()  # this run's own: two runs in one process never clash
+        self.metrics_registry.register(BoardCollector(self.board))
         self.processes: dict[str, ManagedProcess] = {}
         self.by_identity: dict[bytes, ManagedProcess] = {}
         self.streams: dict[str, dict[str, Any]] = {}
@@ -152,6 +167,8 @@ class Supervisor:
         self._progress: Any = None
         self._progress_total = 0
         self._next_metrics_log_s = 0.0
+        self._metrics_logged_s = time.monotonic()
+        self._frames_logged: dict[str, float] = {}  # per process, frames passed at the previous metrics log line
         self._metrics_server: Any = None
 
     # --- graph -----------------------------------------------------------------------------------------------
@@ -257,7 +274,7 @@ class Supervisor:
         managed.state = ProcessState.FAILED
         self.errors.append(message)
         self.failed = True
-        log.error("%s", message)
+        log.debug("%s", message)  # the run's result carries it: the caller prints it once
         self.stop_reason = self.stop_reason or "failure"
 
     def _check_processes(self) -> None:
@@ -399,46 +416,29 @@ class Supervisor:
             self._progress.update(done - self._progress.n)
 
     def _log_metrics(self) -> None:
+        """One INFO line per process every `metrics_log_interval_s`; fps is over the time since the previous line."""
         now = time.monotonic()
         if now < self._next_metrics_log_s:
             return
         self._next_metrics_log_s = now + self.runtime.metrics_log_interval_s
+        elapsed_s = max(now - self._metrics_logged_s, 1e-9)
+        self._metrics_logged_s = now
         for name, data in self.board.summary().items():
+            frames = frames_passed(data["counters"])
+            fps = (frames - self._frames_logged.get(name, 0.0)) / elapsed_s
+            self._frames_logged[name] = frames
             drops = sum(v for k, v in data["counters"].items() if k.startswith("dropped_total"))
             latency = data["latency_ms"].get("latency_since_capture", {})
             log.info("metrics process=%s fps=%.1f latency_p50_ms=%.0f latency_p95_ms=%.0f backlog=%d drops=%d "
-                     "restarts=%d cpu=%.0f%% rss_mb=%.0f", name, data["fps"], latency.get("p50", 0),
+                     "restarts=%d cpu=%.0f%% rss_mb=%.0f", name, fps, latency.get("p50", 0),
                      latency.get("p95", 0), data["gauges"].get("backlog", 0), drops, data["restarts"],
                      data["cpu_percent"], data["rss_mb"])
 
     def _start_metrics_server(self) -> None:
         if self.runtime.metrics_port is None:
             return
-        import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-        board = self.board
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-                body = ("\n".join(board.prometheus_lines()) + "\n").encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        try:
-            server = ThreadingHTTPServer(("127.0.0.1", self.runtime.metrics_port), Handler)
-        except OSError as exc:
-            raise ConfigError(f"--metrics-port {self.runtime.metrics_port}: cannot serve metrics there "
-                              f"({exc.strerror or exc})") from None
-        threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
-        self._metrics_server = server
-        log.info("Prometheus metrics on http://127.0.0.1:%d/metrics", server.server_address[1])
+        self._metrics_server = serve_metrics(self.metrics_registry, self.runtime.metrics_port)
+        log.info("Prometheus metrics on http://127.0.0.1:%d/metrics", self._metrics_server.server_address[1])
 
     def run(self) -> RunResult:
         """Start the graph, supervise it to the end, stop it; whatever fails at start-up, nothing is left behind."""
@@ -468,6 +468,7 @@ class Supervisor:
                 self._progress.close()
             if self._metrics_server is not None:
                 self._metrics_server.shutdown()
+                self._metrics_server.server_close()  # frees the port for a later run in this process
             removed = remove_run_rings(self.run_id)
             if removed:
                 log.debug("removed %d leftover frame rings", removed)

@@ -65,7 +65,7 @@ class DetectTrackStage(Stage):
         self.id_offset = self.context.incarnation * TRACK_ID_STRIDE
         self.streams: dict[str, _StreamTracks] = {}
         self.next_ids: dict[str, int] = {}  # survives a stream's end: ids are never reused within a stream
-        self.context.metrics.set("detector_backend_yolo", float(self.tracker.backend == "yolo"))
+        self.context.metrics.set("detector_info", 1.0, backend=self.tracker.backend)
 
     def open_tracker(self, settings: DetectorSettings) -> MultiStreamTracker:
         """The detector + tracker this stage drives (a tool may substitute recorded detections)."""
