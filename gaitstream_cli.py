@@ -22,6 +22,7 @@ COMMANDS = {
     "eval": ("tools/eval.py", "evaluate an encoder on CASIA-B, USF HumanID or synthetic 3D"),
     "eval-wild": ("tools/eval_wild.py", "enrol and identify real people through the pipeline (cross-scene)"),
     "calibrate": ("tools/calibrate.py", "store an encoder's open-set threshold and walking direction"),
+    "silhouette-stats": ("tools/silhouette_stats.py", "compare pipeline silhouettes with the training data's"),
     "bench": ("tools/bench.py", "benchmarks: pipeline, streams, soak, transport, encoder, matcher"),
     "train": ("tools/train.py", "train a gait encoder"),
     "export": ("tools/export.py", "export an encoder to ONNX"),

@@ -30,6 +30,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -178,8 +179,14 @@ class WildRun:
     def open_matcher(self) -> StageChain:
         return self.stack.enter_context(StageChain(self.config, self.registry, ["match"]))
 
-    def run_clip(self, clip: ManifestClip, chain: list[StageChain]) -> TrackCollector:
-        """Every frame of `clip` through the chains (lossless batch mode), `chunk` frames at a time."""
+    def open_sink(self) -> StageChain:
+        """The sink as configured (for --save-silhouettes: each track's silhouettes as the pipeline saves them)."""
+        return self.stack.enter_context(StageChain(self.config, self.registry, ["sink"]))
+
+    def run_clip(self, clip: ManifestClip, chain: list[StageChain],
+                 sinks: Sequence[StageChain] = ()) -> TrackCollector:
+        """Every frame of `clip` through the chains (lossless batch mode), `chunk` frames at a time; their output is
+        collected per track and also handed to `sinks`."""
         spec = next(s for s in self.config.streams if Path(s.uri) == clip.path)
         self.embed.stages[0].tracker.begin(spec.id, clip.path)  # type: ignore[attr-defined]
         collector = TrackCollector()
@@ -193,6 +200,8 @@ class WildRun:
                 messages = stages.push(messages)
             for output in messages:
                 collector(output)
+            for sink in sinks:
+                sink.push(messages)
         return collector
 
 
@@ -211,7 +220,10 @@ def load_config(args: argparse.Namespace, clips: list[ManifestClip], gallery: Pa
     match = config.stages.match.model_copy(update={"gallery": gallery, "top_k": max(5, identities),
                                                    "auto_enroll": False})
     source = config.stages.source.model_copy(update={"mode": "batch", "loop": False})
-    stages = config.stages.model_copy(update={"match": match, "source": source})
+    sink = config.stages.sink.model_copy(update={
+        "out_dir": args.save_silhouettes, "save_silhouettes": True, "write_video": False, "write_events": False,
+        "display": False, "events_endpoint": None})
+    stages = config.stages.model_copy(update={"match": match, "source": source, "sink": sink})
     return config.model_copy(update={"stages": stages})
 
 
@@ -235,11 +247,12 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         quiet = args.no_progress or not sys.stderr.isatty()
         with WildRun(config, cache, args.chunk) as run, \
                 tqdm(total=len(clips), unit="clip", disable=quiet, dynamic_ncols=True) as bar:
+            saving = [run.open_sink()] if args.save_silhouettes else []
             store = GalleryStore(gallery_path)
             try:
                 for clip in gallery_clips:
                     bar.set_postfix_str(f"enrol {clip.path.name}")
-                    collector = run.run_clip(clip, [run.embed])
+                    collector = run.run_clip(clip, [run.embed], saving)
                     assigned = assign_people(collector.in_order(), clip.people)
                     for person, track in assigned.items():
                         assert collector.encoder is not None
@@ -259,7 +272,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
             matcher = run.open_matcher()
             for clip in probe_clips:
                 bar.set_postfix_str(f"probe {clip.path.name}")
-                collector = run.run_clip(clip, [run.embed, matcher])
+                collector = run.run_clip(clip, [run.embed, matcher], saving)
                 assigned = assign_people(collector.in_order(), clip.people)
                 for person in clip.people:
                     track = assigned.get(person)
@@ -319,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="detection cache folder (%(default)s)")
     parser.add_argument("--no-cache", action="store_true", help="run the detector on every clip, store nothing")
     parser.add_argument("--chunk", type=int, default=4, help="frames handed to the detector at once (its workers)")
+    parser.add_argument("--save-silhouettes", type=Path, metavar="DIR",
+                        help="also write every track's silhouettes as the pipeline saves them (DIR/<clip>/<track>)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     args = parser.parse_args(argv)
     if not 0 < args.far < 1:
