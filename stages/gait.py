@@ -224,6 +224,7 @@ class GaitStage(Stage):
         ended = np.union1d(eos.ended_track_ids, np.asarray(remaining, np.int64))
         eos = dataclasses.replace(eos, ended_track_ids=ended)
         windows = self._collect(0, eos, self.context.clock())
+        self.context.metrics.set("live_tracks", len(self.buffers))
         return self._attach([eos], windows)
 
     def on_tick(self, now_s: float) -> None:
@@ -232,3 +233,4 @@ class GaitStage(Stage):
         for key in stale:
             del self.buffers[key]
             log.debug("forgot silent track stream=%s track=%d", *key)
+        self.context.metrics.set("live_tracks", len(self.buffers))

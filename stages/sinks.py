@@ -61,6 +61,8 @@ class SinkConfig(StageConfig):
     video_fourcc: str = Field("mp4v", min_length=4, max_length=4, description="codec of annotated.mp4")
     display_max_height_px: int = Field(900, ge=100, description="the window is scaled down to this height")
     inset_height_px: int = Field(128, ge=16, description="height of the silhouette insets in the overlay")
+    track_timeout_s: float = Field(30.0, gt=0, description="finish a track unseen this long (wall clock): its end "
+                                   "was lost, e.g. with a restarted upstream stage")
 
 
 def _box(record: FrameRecord, track_id: int) -> list[float] | None:
@@ -79,6 +81,7 @@ class _StreamOutputs:
     latest_silhouette: dict[int, np.ndarray] = field(default_factory=dict)
     sequences: dict[int, list[np.ndarray]] = field(default_factory=dict)
     last_box: dict[int, list[float]] = field(default_factory=dict)
+    last_seen_s: dict[int, float] = field(default_factory=dict)  # wall clock, for tracks whose end never comes
     frames_written: int = 0
     end_t: float = 0.0  # media time just after the last frame seen
     last_seq: int = -1  # index of the last frame seen: what end-of-stream events refer to
@@ -182,6 +185,7 @@ class SinkStage(Stage):
             for box, track_id, score in zip(tracks.boxes_xyxy_px, tracks.track_ids.tolist(), tracks.scores.tolist()):
                 bbox = [round(float(v), 1) for v in box]
                 outputs.last_box[track_id] = bbox
+                outputs.last_seen_s[track_id] = self.context.clock()
                 self._emit(outputs, self._event("track", stream, frame, t, track_id, bbox, score=round(score, 3)))
         if message.embeddings is not None:
             embeddings = message.embeddings
@@ -237,6 +241,7 @@ class SinkStage(Stage):
         outputs.latest_silhouette.pop(track_id, None)
         outputs.labels.pop(track_id, None)
         outputs.last_box.pop(track_id, None)
+        outputs.last_seen_s.pop(track_id, None)
         if sequence and len(sequence) < self.config.min_saved_silhouettes:  # type: ignore[attr-defined]
             log.info("not saving short track stream=%s track=%d silhouettes=%d", stream_id, track_id, len(sequence))
             self.context.metrics.inc("short_tracks_not_saved_total")
@@ -251,6 +256,14 @@ class SinkStage(Stage):
 
             self._guard(folder, write)
             log.info("saved %d silhouettes stream=%s track=%d", len(sequence), stream_id, track_id)
+
+    def on_tick(self, now_s: float) -> None:
+        """Finish tracks whose end never came (their silhouettes are still saved), and report the state held."""
+        config: SinkConfig = self.config  # type: ignore[assignment]
+        for stream_id, outputs in self.streams.items():
+            for track_id in [t for t, seen in outputs.last_seen_s.items() if now_s - seen > config.track_timeout_s]:
+                self._finish_track(stream_id, outputs, track_id)
+        self.context.metrics.set("live_tracks", sum(len(o.last_seen_s) for o in self.streams.values()))
 
     # --- end of stream ---------------------------------------------------------------------------------------
     def on_end_of_stream(self, eos: EndOfStream) -> list[DataMessage]:

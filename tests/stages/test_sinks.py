@@ -45,3 +45,31 @@ def test_the_sink_measures_capture_to_output_latency():
     assert run.metrics is not None
     assert len(run.metrics.latencies["latency_since_capture"]) == 3
     assert run.metrics.gauges["newest_frame_latency_ms"] >= 0
+
+
+def test_a_track_whose_end_never_comes_is_finished_and_saved(tmp_path: Path):
+    """An upstream restart can lose a track's end: the sink saves it after track_timeout_s and holds no state."""
+    import dataclasses
+    import pickle
+
+    from pipeline.messages import Silhouettes, Tracks
+
+    now = [0.0]
+    config = SinkConfig(out_dir=tmp_path, write_video=False, save_silhouettes=True, min_saved_silhouettes=2,
+                        track_timeout_s=5.0)
+    records = []
+    for seq in range(3):
+        record = make_record("cam", seq, np.zeros((48, 64, 3), np.uint8))
+        records.append(dataclasses.replace(
+            record, tracks=Tracks(np.asarray([[1, 1, 20, 40]], np.float32), np.asarray([7]), np.ones(1, np.float32)),
+            silhouettes=Silhouettes(np.asarray([7]), np.full((1, 64, 44), 255, np.uint8))))
+
+    def clock() -> float:
+        now[0] += 3.0  # the messages come 3 s apart: after the third, the track is 6 s old
+        return now[0]
+
+    run = run_stage(SinkStage, [*records, make_record("cam", 3, np.zeros((48, 64, 3), np.uint8)),
+                                make_record("cam", 4, np.zeros((48, 64, 3), np.uint8))], config, clock=clock)
+    with open(tmp_path / "cam" / "0007" / "000" / "000.pkl", "rb") as file:
+        assert pickle.load(file).shape == (3, 64, 44)
+    assert run.metrics is not None and run.metrics.gauges["live_tracks"] == 0
