@@ -416,23 +416,34 @@ class Supervisor:
             self._progress.update(done - self._progress.n)
 
     def _log_metrics(self) -> None:
-        """One INFO line per process every `metrics_log_interval_s`; fps is over the time since the previous line."""
+        """Every `metrics_log_interval_s`: one INFO line for the run (what comes out of the last stage, drops and
+        restarts anywhere) and one DEBUG line per process; fps is over the time since the previous line."""
         now = time.monotonic()
         if now < self._next_metrics_log_s:
             return
         self._next_metrics_log_s = now + self.runtime.metrics_log_interval_s
         elapsed_s = max(now - self._metrics_logged_s, 1e-9)
         self._metrics_logged_s = now
-        for name, data in self.board.summary().items():
+        summary = self.board.summary()
+        rates: dict[str, float] = {}
+        for name, data in summary.items():
             frames = frames_passed(data["counters"])
-            fps = (frames - self._frames_logged.get(name, 0.0)) / elapsed_s
+            rates[name] = (frames - self._frames_logged.get(name, 0.0)) / elapsed_s
             self._frames_logged[name] = frames
             drops = sum(v for k, v in data["counters"].items() if k.startswith("dropped_total"))
             latency = data["latency_ms"].get("latency_since_capture", {})
-            log.info("metrics process=%s fps=%.1f latency_p50_ms=%.0f latency_p95_ms=%.0f backlog=%d drops=%d "
-                     "restarts=%d cpu=%.0f%% rss_mb=%.0f", name, fps, latency.get("p50", 0),
-                     latency.get("p95", 0), data["gauges"].get("backlog", 0), drops, data["restarts"],
-                     data["cpu_percent"], data["rss_mb"])
+            log.debug("metrics process=%s fps=%.1f latency_p50_ms=%.0f latency_p95_ms=%.0f backlog=%d drops=%d "
+                      "restarts=%d cpu=%.0f%% rss_mb=%.0f", name, rates[name], latency.get("p50", 0),
+                      latency.get("p95", 0), data["gauges"].get("backlog", 0), drops, data["restarts"],
+                      data["cpu_percent"], data["rss_mb"])
+        last = self.config.graph[-1]
+        if last not in summary:
+            return
+        latency = summary[last]["latency_ms"].get("latency_since_capture", {})
+        drops = sum(v for data in summary.values() for k, v in data["counters"].items() if k.startswith("dropped"))
+        log.info("metrics fps=%.1f latency_p50_ms=%.0f latency_p95_ms=%.0f drops=%d restarts=%d", rates[last],
+                 latency.get("p50", 0), latency.get("p95", 0), drops,
+                 sum(data["restarts"] for data in summary.values()))
 
     def _start_metrics_server(self) -> None:
         if self.runtime.metrics_port is None:

@@ -37,7 +37,10 @@ def _offline_ultralytics() -> Any:
     os.environ["YOLO_OFFLINE"] = "1"
     os.environ["YOLO_AUTOINSTALL"] = "false"
     import ultralytics
-    from ultralytics.utils import checks
+    from ultralytics.utils import LOGGER, checks
+
+    if not log.isEnabledFor(logging.DEBUG):
+        LOGGER.setLevel(logging.WARNING)  # "Loading ... for LiteRT inference" per model instance: our log says it
 
     if checks.AUTOINSTALL or checks.ONLINE:
         raise BackendUnavailable(

@@ -148,9 +148,10 @@ def test_summary_fps_spans_restarts():
 def test_the_log_line_fps_is_over_the_interval_since_the_previous_line(tmp_path, monkeypatch, caplog):
     clock = FakeClock(100.0)
     monkeypatch.setattr("pipeline.supervisor.time", SimpleNamespace(monotonic=clock))
-    supervisor = Supervisor(SimpleNamespace(runtime=RuntimeConfig(run_dir=tmp_path, metrics_log_interval_s=10)), {})
+    supervisor = Supervisor(SimpleNamespace(runtime=RuntimeConfig(run_dir=tmp_path, metrics_log_interval_s=10),
+                                            graph=["sink"]), {})
     metrics = ProcessMetrics("sink", clock=clock)
-    caplog.set_level(logging.INFO, logger="pipeline.supervisor")
+    caplog.set_level(logging.DEBUG, logger="pipeline.supervisor")
     supervisor._log_metrics()  # the start of supervision: nothing running yet
     for now_s, frames in ((110.0, 50), (120.0, 30)):
         clock.now_s = now_s - 1.0
@@ -161,9 +162,12 @@ def test_the_log_line_fps_is_over_the_interval_since_the_previous_line(tmp_path,
         supervisor.board.update("sink", metrics.snapshot())  # nothing passed in the last heartbeat interval
         supervisor._log_metrics()
 
-    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("metrics process=sink")]
-    assert [line.split()[2] for line in lines] == ["fps=5.0", "fps=3.0"]
-    assert all(r.levelno == logging.INFO for r in caplog.records if r.getMessage().startswith("metrics "))
+    per_process = [r for r in caplog.records if r.getMessage().startswith("metrics process=sink")]
+    assert [r.getMessage().split()[2] for r in per_process] == ["fps=5.0", "fps=3.0"]
+    run_lines = [r for r in caplog.records if r.getMessage().startswith("metrics fps=")]
+    assert [r.getMessage().split()[1] for r in run_lines] == ["fps=5.0", "fps=3.0"]
+    # one INFO line per interval for the whole run; the per-process detail only at DEBUG
+    assert all(r.levelno == logging.INFO for r in run_lines) and all(r.levelno == logging.DEBUG for r in per_process)
 
 
 def test_the_metrics_server_serves_the_registry():
