@@ -2,7 +2,10 @@
 # Train one arm of the encoder ablation end to end and evaluate it with the same commands as every other arm.
 #
 #   tools/run_arm.sh configs/train/gaitbase_wild_compact_casiab.yaml            # results in runs/arms/<config>/
-#   OUT=$OUT tools/run_arm.sh configs/train/meshgait_wild_compact_casiab.yaml   # e.g. on a lent GPU machine
+#   OUT=$OUT ONLY_TRAIN_EVAL=1 tools/run_arm.sh configs/train/gpu/gaitbase_wild_full_casiab.yaml   # a lent GPU
+#
+# ONLY_TRAIN_EVAL=1 stops after CASIA-B and USF (the real-footage runs need the detector cache of this machine: run
+# them here afterwards on the weights brought back).
 #
 # Resumable at every step: training continues from its newest checkpoint, and each evaluation whose JSON exists is
 # skipped. Writes weights.pt (+ .onnx), casiab.json (+ embeddings), usf.json, calibration.json (the open-set
@@ -36,6 +39,7 @@ run casiab.json "$python" tools/eval.py --weights "$weights" --open-set --no-pro
   --dump-embeddings "$out/casiab_embeddings.npz"
 run usf.json "$python" tools/eval.py --weights "$weights" --usf "$shared/assets/datasets/usf-humanid" \
   --json "$out/usf.json"
+if [[ "${ONLY_TRAIN_EVAL:-0}" == 1 ]]; then log "done (training, CASIA-B, USF): $out"; exit 0; fi
 kth="$shared/assets/datasets/kth-walking/manifest.csv"
 run wild_kth_uncalibrated.json "$python" tools/eval_wild.py --manifest "$kth" --set "stages.gait.encoder=$weights" \
   --no-progress --json "$out/wild_kth_uncalibrated.json"
