@@ -28,6 +28,7 @@ COMMANDS = {
     "export": ("tools/export.py", "export an encoder to ONNX"),
     "build-engine": ("tools/build_engine.py", "build a TensorRT engine (NVIDIA machines)"),
     "make-synthetic": ("tools/make_synthetic.py", "generate the synthetic 3D gait set"),
+    "make-keys": ("tools/make_keys.py", "create CURVE keys for tcp edges between hosts"),
 }
 
 

@@ -16,7 +16,16 @@ from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, create_model
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    create_model,
+    model_validator,
+)
 
 from pipeline.errors import ConfigError
 
@@ -47,6 +56,14 @@ class CurveSettings(StrictModel):
     server_secret_file: ConfigPath | None = None
     client_secret_file: ConfigPath | None = None
     authorized_clients_dir: ConfigPath | None = None
+
+    @model_validator(mode="after")
+    def _server_names_its_clients(self) -> CurveSettings:
+        """Refused at load time, before any process starts; the transport refuses it too (see `CurveKeys`)."""
+        if self.server_secret_file is not None and self.authorized_clients_dir is None:
+            raise ValueError("CURVE server without authorized_clients_dir would accept any client that knows the "
+                             "server's public key; set authorized_clients_dir")
+        return self
 
 
 class StageConfig(StrictModel):

@@ -10,8 +10,9 @@ Wire parts: upstream → downstream `[b"D", edge_seq, topic, header, *buffers]`;
 `[b"A", edge_seq]`. The ROUTER prepends the sender identity, unique per process incarnation.
 
 `ipc://` endpoints are for one host; `tcp://` endpoints may carry CURVE keys (pyzmq's ironhouse pattern: the
-binding side authenticates connecting public keys from a folder). Socket options are set before bind/connect,
-because libzmq applies most options only to later binds and connects. Must not import `stages` or `engines`.
+binding side encrypts and admits only the client public keys in its `authorized_clients_dir`, checked by a ZAP
+handler it starts on its context). Socket options are set before bind/connect, because libzmq applies most
+options only to later binds and connects. Must not import `stages` or `engines`.
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ from __future__ import annotations
 import logging
 import struct
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import zmq
 import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import recv_monitor_message
 
 from pipeline.errors import TransportError
@@ -36,14 +38,18 @@ DATA = b"D"
 ACK = b"A"
 _SEQ = struct.Struct("<q")
 LINGER_MS = 200
+CURVE_SERVER_NEEDS_CLIENTS = (
+    "CURVE server without authorized_clients_dir would accept any client that knows the server's public key; "
+    "set authorized_clients_dir"
+)
 
 
 @dataclass(frozen=True)
 class CurveKeys:
     """CURVE key files for one tcp edge (made with `tools/make_keys.py` / `zmq.auth.create_certificates`).
 
-    `server_secret_file` is needed by the binding (downstream) side, `client_secret_file` by the connecting
-    side; both need `server_public_file`. `authorized_clients_dir` holds the public keys the server accepts.
+    `server_secret_file` and `authorized_clients_dir` (the public keys of the only clients it admits) are needed
+    by the binding (downstream) side, `client_secret_file` by the connecting side; both need `server_public_file`.
     """
 
     server_public_file: Path
@@ -58,14 +64,23 @@ def _load_certificate(path: Path) -> tuple[bytes, bytes | None]:
     return zmq.auth.load_certificate(str(path))
 
 
-def _apply_curve_server(socket: zmq.Socket, keys: CurveKeys) -> None:
+def _apply_curve_server(context: zmq.Context, socket: zmq.Socket, keys: CurveKeys) -> ThreadAuthenticator:
+    """Make `socket` a CURVE server that admits only the clients in `authorized_clients_dir`; call before bind.
+
+    Returns the running authenticator, to stop after the socket is closed. libzmq alone admits any client that
+    knows the server's public key, which is public by design: only the ZAP handler checks who the client is.
+    """
     if keys.server_secret_file is None:
         raise TransportError("CURVE: the binding side needs server_secret_file")
+    if keys.authorized_clients_dir is None:
+        raise TransportError(CURVE_SERVER_NEEDS_CLIENTS)
     public, secret = _load_certificate(keys.server_secret_file)
     if secret is None:
         raise TransportError(f"CURVE: {keys.server_secret_file} holds no secret key")
+    authenticator = start_authenticator(context, keys.authorized_clients_dir)
     socket.curve_publickey, socket.curve_secretkey = public, secret
     socket.curve_server = True
+    return authenticator
 
 
 def _apply_curve_client(socket: zmq.Socket, keys: CurveKeys) -> None:
@@ -79,20 +94,28 @@ def _apply_curve_client(socket: zmq.Socket, keys: CurveKeys) -> None:
     socket.curve_serverkey = server_public
 
 
-def start_authenticator(context: zmq.Context, keys: Iterable[CurveKeys]) -> Any | None:
-    """Start one ZAP authenticator for every CURVE edge this process binds; returns it (call .stop()) or None."""
-    folders = sorted({str(k.authorized_clients_dir) for k in keys if k.authorized_clients_dir})
-    if not folders:
-        return None
-    from zmq.auth.thread import ThreadAuthenticator
+def start_authenticator(context: zmq.Context, authorized_clients_dir: Path) -> ThreadAuthenticator:
+    """Start the ZAP handler that admits CURVE clients whose public key (`*.key`) is in `authorized_clients_dir`.
 
-    auth = ThreadAuthenticator(context)
-    auth.start()
-    for folder in folders:
-        if not Path(folder).is_dir():
-            raise TransportError(f"CURVE: authorized_clients_dir {folder} does not exist")
-        auth.configure_curve(domain="*", location=folder)
-    return auth
+    It must run on the context of the CURVE socket before that socket binds. There is one per context (it binds
+    `inproc://zeromq.zap.01`), so a process serves one CURVE socket. The folder is read once, here: add or remove
+    a client's key, then restart the process.
+    """
+    try:
+        trusted = zmq.auth.load_certificates(authorized_clients_dir)
+    except (OSError, ValueError) as exc:  # pyzmq would only log this and then refuse every client
+        raise TransportError(f"CURVE: cannot read authorized_clients_dir {authorized_clients_dir}: {exc}") from exc
+    if not trusted:
+        raise TransportError(f"CURVE: authorized_clients_dir {authorized_clients_dir} holds no client public keys "
+                             "(*.key), so no client could connect (create keys with tools/make_keys.py)")
+    authenticator = ThreadAuthenticator(context)
+    try:
+        authenticator.start()
+    except zmq.ZMQError as exc:
+        authenticator.stop()
+        raise TransportError(f"CURVE: cannot start the authenticator ({exc}); one CURVE server per process") from exc
+    authenticator.configure_curve(domain="*", location=str(authorized_clients_dir))
+    return authenticator
 
 
 def _bind(socket: zmq.Socket, endpoint: str) -> None:
@@ -242,8 +265,7 @@ class EdgeReceiver:
         self.socket = context.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, LINGER_MS)
         self.socket.setsockopt(zmq.RCVHWM, 0)  # the senders' windows bound what can arrive
-        if curve is not None:
-            _apply_curve_server(self.socket, curve)
+        self.authenticator = _apply_curve_server(context, self.socket, curve) if curve is not None else None
         _bind(self.socket, endpoint)
 
     def recv(self) -> Incoming | None:
@@ -266,6 +288,8 @@ class EdgeReceiver:
 
     def close(self) -> None:
         self.socket.close(linger=LINGER_MS)
+        if self.authenticator is not None:
+            self.authenticator.stop()
 
 
 class Custody:
@@ -351,8 +375,7 @@ class EventPublisher:
         self.socket = context.socket(zmq.PUB)
         self.socket.setsockopt(zmq.SNDHWM, hwm)
         self.socket.setsockopt(zmq.LINGER, LINGER_MS)
-        if curve is not None:
-            _apply_curve_server(self.socket, curve)
+        self.authenticator = _apply_curve_server(context, self.socket, curve) if curve is not None else None
         _bind(self.socket, endpoint)
 
     def publish(self, topic: str, payload: bytes) -> None:
@@ -363,3 +386,5 @@ class EventPublisher:
 
     def close(self) -> None:
         self.socket.close(linger=LINGER_MS)
+        if self.authenticator is not None:
+            self.authenticator.stop()
