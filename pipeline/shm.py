@@ -153,6 +153,17 @@ class RingReaders:
         if ring is not None:
             ring.close()
 
+    def forget_unlinked(self) -> int:
+        """Unmap rings their source has removed; returns how many are still mapped.
+
+        A source unlinks a ring only when no frame in it is in use anywhere in the chain (slots are reused only
+        after the whole chain acknowledged them), so no view into it is alive here: without this, a reader that
+        outlives many sources (a 24-hour camera reconnecting, batch folders) would keep every ring's pages mapped.
+        """
+        for name in [n for n in self._rings if not (shm_dir() / n).exists()]:
+            self.forget(name)
+        return len(self._rings)
+
     def close(self) -> None:
         for name in list(self._rings):
             self.forget(name)

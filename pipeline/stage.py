@@ -482,6 +482,7 @@ class StageRunner(_Base):
             if now >= next_tick:
                 next_tick = now + tick_s
                 self.stage.on_tick(now)
+                self.metrics.set("mapped_rings", self.rings.forget_unlinked())
             self._check_drained()
             if self.consecutive_failures >= self.runtime.max_consecutive_failures:
                 log.error("%d consecutive failures; exiting to be restarted", self.consecutive_failures)
