@@ -19,6 +19,7 @@ from typing import Any
 from tqdm import tqdm
 
 from pipeline.config import StreamSpec
+from pipeline.driver import StageDriver
 from pipeline.messages import DataMessage, EndOfStream, Frame, FrameRecord
 from pipeline.metrics import ProcessMetrics
 from pipeline.stage import SourceStage, Stage, StageContext
@@ -53,8 +54,14 @@ class StageChain:
         self.graph = tuple(graph)
         self.stages = [stage_classes[name](getattr(config.stages, name), _context(name, run_dir, streams))
                        for name in self.graph]
-        self.stage_seconds = {name: 0.0 for name in self.graph}
+        self.drivers = [StageDriver(stage, stage.context.metrics, last=i == len(self.stages) - 1)
+                        for i, stage in enumerate(self.stages)]
         self._opened: list[Stage] = []
+
+    @property
+    def stage_seconds(self) -> dict[str, float]:
+        """Seconds each stage spent in its own code."""
+        return {name: driver.seconds for name, driver in zip(self.graph, self.drivers)}
 
     def __enter__(self) -> StageChain:
         try:
@@ -70,27 +77,12 @@ class StageChain:
         self.close()
 
     def push(self, messages: Sequence[DataMessage]) -> list[DataMessage]:
-        """Every message through every stage, then one tick each; returns the last stage's output.
-
-        Consecutive records reach each stage in one `process_batch` call (a detector with several workers predicts
-        them side by side); an end-of-stream is handled after the records before it.
-        """
+        """Every message through every stage (`StageDriver.push`: consecutive records in one batch, as the process
+        runner gives them), each stage ticking after its share; returns the last stage's output."""
         out_messages = list(messages)
-        for name, stage in zip(self.graph, self.stages):
-            tick = time.perf_counter()
-            out: list[DataMessage] = []
-            pending: list[FrameRecord] = []
-            for message in out_messages:  # consecutive records go in one batch, as the process runner gives them
-                if isinstance(message, EndOfStream):
-                    out += stage.process_batch(pending) if pending else []
-                    pending = []
-                    out += stage.on_end_of_stream(message)
-                else:
-                    pending.append(message)  # type: ignore[arg-type]
-            out += stage.process_batch(pending) if pending else []
-            stage.on_tick(time.monotonic())
-            self.stage_seconds[name] += time.perf_counter() - tick
-            out_messages = out
+        now = time.monotonic()
+        for driver in self.drivers:
+            out_messages = driver.push(out_messages) + driver.tick(now)
         return out_messages
 
     def close(self) -> None:

@@ -3,7 +3,8 @@
 Lifecycle a stage can rely on, in this order: `__init__(config, context)` stores things and does no I/O;
 `open()` loads weights and opens files (raise a specific error: the process reports it and exits without being
 restarted); then, for each input in arrival order, `process_batch(records)` (default: `process` per record) or
-`on_end_of_stream(eos)` before the end-of-stream is forwarded; `on_tick(now_s)` at least every `tick_ms`;
+`on_end_of_stream(eos)` before the end-of-stream is forwarded; `on_tick(now_s)` at least every `tick_ms` (what it
+returns is sent on like any output);
 `close()` on a clean stop, never after a hard kill. A stage never touches sockets, never sleeps and never blocks
 on the network: the runner owns the poller, the codec, flow control, heartbeats, metrics and error counting, so
 a stage runs unchanged in a test (`pipeline.testing.run_stage`), in its own process, or across hosts.
@@ -34,6 +35,7 @@ from numpy.typing import NDArray
 from pydantic import Field
 
 from pipeline.config import RuntimeConfig, StageConfig, StreamSpec
+from pipeline.driver import StageDriver
 from pipeline.errors import FatalError, GaitstreamError, SchemaError, SourceError, StaleFrame
 from pipeline.logs import setup_logging
 from pipeline.messages import (
@@ -111,8 +113,9 @@ class Stage:
         """Flush and forget the stream's state. Returns what to forward, ending with the (possibly updated) `eos`."""
         return [eos]
 
-    def on_tick(self, now_s: float) -> None:
-        """Time-driven housekeeping (expire state); called at least every tick_ms."""
+    def on_tick(self, now_s: float) -> list[DataMessage] | None:
+        """Time-driven housekeeping (expire state); called at least every tick_ms. Messages it returns go
+        downstream like any output (nothing: None)."""
 
     def close(self) -> None:
         """Release resources; idempotent; not called after a hard kill."""
@@ -335,10 +338,10 @@ class StageRunner(_Base):
         )
         self.poller.register(self.receiver.socket, zmq.POLLIN)
         self.rings = RingReaders()
+        self.driver = StageDriver(self.stage, self.metrics, last=spec.output is None)
         self.custody = Custody()
         self.last_seen: dict[str, tuple[int, int]] = {}  # stream -> (epoch, seq)
         self.ended: set[tuple[str, int]] = set()
-        self.consecutive_failures = 0
         self.drained_reported = False
 
     def _accepting(self) -> bool:
@@ -368,42 +371,10 @@ class StageRunner(_Base):
                 self.sender.send(encode(message, frame_encoding=self.spec.output.frame_encoding))
 
     def _run_records(self, records: list[FrameRecord]) -> None:
-        started = time.perf_counter()
-        try:
-            outputs = self.stage.process_batch(records)
-            self.consecutive_failures = 0
-        except FatalError:
-            raise
-        except Exception as exc:  # one bad batch must not take the stage down: count, forward unchanged
-            self.consecutive_failures += len(records)
-            self.metrics.inc("errors_total", len(records), kind=type(exc).__name__)
-            first = records[0]
-            log.warning(
-                "process failed: %s: %s stream=%s seq=%d n=%d",
-                type(exc).__name__, exc, first.stream_id, first.seq, len(records), exc_info=log.isEnabledFor(10),
-            )
-            outputs = list(records)
-        elapsed_ms = (time.perf_counter() - started) * 1e3
-        for _ in records:
-            self.metrics.observe_ms("process", elapsed_ms / len(records))
-        self.metrics.inc("frames_in_total", len(records))
-        if self.sender is None:  # the chain's last stage: frames done per stream, for a run stopped mid-stream
-            for record in records:
-                self.metrics.inc("frames_done_total", stream=record.stream_id)
-        self._emit(outputs)
+        self._emit(self.driver.records(records))
 
     def _run_end_of_stream(self, eos: EndOfStream) -> None:
-        try:
-            outputs = list(self.stage.on_end_of_stream(eos))
-            if not outputs or not isinstance(outputs[-1], EndOfStream):
-                raise TypeError(f"{type(self.stage).__name__}.on_end_of_stream must end with the EndOfStream")
-        except FatalError:
-            raise
-        except Exception as exc:
-            self.metrics.inc("errors_total", kind=type(exc).__name__)
-            log.warning("end-of-stream handling failed: %s: %s stream=%s", type(exc).__name__, exc, eos.stream_id)
-            outputs = [eos]
-        self._emit(outputs)
+        self._emit(self.driver.end_of_stream(eos))
         self.ended.add((eos.stream_id, eos.epoch))
         if self.sender is None:
             self.context.report("stream_finished", eos.stream_id, eos.detail, frames=eos.frames, reason=eos.reason)
@@ -481,11 +452,11 @@ class StageRunner(_Base):
             now = time.monotonic()
             if now >= next_tick:
                 next_tick = now + tick_s
-                self.stage.on_tick(now)
+                self._emit(self.driver.tick(now))
                 self.metrics.set("mapped_rings", self.rings.forget_unlinked())
             self._check_drained()
-            if self.consecutive_failures >= self.runtime.max_consecutive_failures:
-                log.error("%d consecutive failures; exiting to be restarted", self.consecutive_failures)
+            if self.driver.consecutive_failures >= self.runtime.max_consecutive_failures:
+                log.error("%d consecutive failures; exiting to be restarted", self.driver.consecutive_failures)
                 return EXIT_CRASH
         return EXIT_OK
 

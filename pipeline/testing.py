@@ -17,6 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from pipeline.config import StageConfig
+from pipeline.driver import StageDriver
 from pipeline.messages import DataMessage, EndOfStream, Frame, FrameRecord, Report
 from pipeline.metrics import ProcessMetrics
 from pipeline.stage import Stage, StageContext
@@ -58,30 +59,23 @@ def run_stage(
     batch_size: int = 1,
     streams: Iterable[str] = (),
 ) -> StageRun:
-    """open → process (in batches of `batch_size` consecutive records) / end-of-stream → close, as the runner does."""
+    """open → process (in batches of `batch_size` consecutive records) / end-of-stream → close, through the same
+    `StageDriver` the process runner uses; the stage ticks with `clock` after every message."""
     reports: list[Report] = []
     context = make_context(stage_cls.name, streams=streams, clock=clock, reports=reports)
     stage = stage_cls(config if config is not None else stage_cls.Config(), context)
+    driver = StageDriver(stage, context.metrics)
     stage.open()
     outputs: list[Any] = []
-    pending: list[FrameRecord] = []
-
-    def flush() -> None:
-        if pending:
-            outputs.extend(stage.process_batch(list(pending)))
-            pending.clear()
-
+    pending: list[DataMessage] = []
     try:
         for message in messages:
-            if isinstance(message, EndOfStream):
-                flush()
-                outputs.extend(stage.on_end_of_stream(message))
-            else:
-                pending.append(message)
-                if len(pending) >= batch_size:
-                    flush()
-            stage.on_tick(clock())
-        flush()
+            pending.append(message)
+            if isinstance(message, EndOfStream) or len(pending) >= batch_size:
+                outputs += driver.push(pending)
+                pending = []
+            outputs += driver.tick(clock())
+        outputs += driver.push(pending)
     finally:
         stage.close()
     return StageRun(outputs, reports, context.metrics)

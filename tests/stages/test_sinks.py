@@ -55,21 +55,21 @@ def test_a_track_whose_end_never_comes_is_finished_and_saved(tmp_path: Path):
     from pipeline.messages import Silhouettes, Tracks
 
     now = [0.0]
-    config = SinkConfig(out_dir=tmp_path, write_video=False, save_silhouettes=True, min_saved_silhouettes=2,
-                        track_timeout_s=5.0)
-    records = []
+    context = make_context("sink", clock=lambda: now[0])
+    sink = SinkStage(SinkConfig(out_dir=tmp_path, write_video=False, save_silhouettes=True, min_saved_silhouettes=2,
+                                track_timeout_s=5.0), context)
+    sink.open()
     for seq in range(3):
+        now[0] = float(seq)
         record = make_record("cam", seq, np.zeros((48, 64, 3), np.uint8))
-        records.append(dataclasses.replace(
+        sink.process(dataclasses.replace(
             record, tracks=Tracks(np.asarray([[1, 1, 20, 40]], np.float32), np.asarray([7]), np.ones(1, np.float32)),
             silhouettes=Silhouettes(np.asarray([7]), np.full((1, 64, 44), 255, np.uint8))))
-
-    def clock() -> float:
-        now[0] += 3.0  # the messages come 3 s apart: after the third, the track is 6 s old
-        return now[0]
-
-    run = run_stage(SinkStage, [*records, make_record("cam", 3, np.zeros((48, 64, 3), np.uint8)),
-                                make_record("cam", 4, np.zeros((48, 64, 3), np.uint8))], config, clock=clock)
+        sink.on_tick(now[0])
+    sink.on_tick(6.0)  # seen last at 2 s: 4 s ago, not yet
+    assert context.metrics.gauges["live_tracks"] == 1
+    sink.on_tick(7.5)
+    assert context.metrics.gauges["live_tracks"] == 0
+    sink.close()
     with open(tmp_path / "cam" / "0007" / "000" / "000.pkl", "rb") as file:
         assert pickle.load(file).shape == (3, 64, 44)
-    assert run.metrics is not None and run.metrics.gauges["live_tracks"] == 0
