@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Protocol
+from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
 import numpy as np
 import zmq
@@ -89,14 +89,21 @@ class StageContext:
         return publisher
 
 
-class Stage:
-    """One step of the chain: receives FrameRecords, returns FrameRecords (see the module docstring)."""
+ConfigT = TypeVar("ConfigT", bound=StageConfig)
+
+
+class Stage(Generic[ConfigT]):
+    """One step of the chain: receives FrameRecords, returns FrameRecords (see the module docstring).
+
+    `Stage[GaitConfig]` types `self.config` as the stage's own settings; `Config` names that class for the
+    config model and for the stage's defaults.
+    """
 
     name: ClassVar[str] = ""
     Config: ClassVar[type[StageConfig]] = StageConfig
 
-    def __init__(self, config: StageConfig, context: StageContext) -> None:
-        self.config = config
+    def __init__(self, config: ConfigT, context: StageContext) -> None:
+        self.config: ConfigT = config
         self.context = context
 
     def open(self) -> None:
@@ -161,7 +168,7 @@ class SourceConfig(StageConfig):
     parallel_inputs: int = Field(1, ge=1, description="recorded files read at the same time (one process each)")
 
 
-class SourceStage(Stage):
+class SourceStage(Stage[ConfigT]):
     """Base of source stages: turns a stream spec into a FrameSource; the source runner does the rest."""
 
     Config: ClassVar[type[StageConfig]] = SourceConfig

@@ -54,12 +54,12 @@ class _StreamTracks:
     last_seen_s: dict[int, float] = field(default_factory=dict)
 
 
-class DetectTrackStage(Stage):
+class DetectTrackStage(Stage[DetectTrackConfig]):
     name = "detect_track"
     Config: ClassVar[type[StageConfig]] = DetectTrackConfig
 
     def open(self) -> None:
-        config: DetectTrackConfig = self.config  # type: ignore[assignment]
+        config = self.config
         settings = config.detector.model_copy(update={"threads": config.threads})
         self.tracker: MultiStreamTracker = self.open_tracker(settings)
         self.id_offset = self.context.incarnation * TRACK_ID_STRIDE
@@ -76,7 +76,7 @@ class DetectTrackStage(Stage):
         return [self._annotate(record, found) for record, found in zip(records, detections)]
 
     def _stream(self, stream_id: str) -> _StreamTracks:
-        config: DetectTrackConfig = self.config  # type: ignore[assignment]
+        config = self.config
         state = self.streams.get(stream_id)
         if state is None:
             gap = config.track_end_after_s if config.stitch_fragments else 0.0
@@ -85,7 +85,7 @@ class DetectTrackStage(Stage):
         return state
 
     def _annotate(self, record: FrameRecord, found: Any) -> FrameRecord:
-        config: DetectTrackConfig = self.config  # type: ignore[assignment]
+        config = self.config
         state = self._stream(record.stream_id)
         stitched_before = state.stitcher.stitched
         track_ids = state.stitcher.update(record.pts_s, found.track_ids, found.boxes_xyxy_px)

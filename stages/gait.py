@@ -120,12 +120,12 @@ class _Window:
     final: bool
 
 
-class GaitStage(Stage):
+class GaitStage(Stage[GaitConfig]):
     name = "gait"
     Config: ClassVar[type[StageConfig]] = GaitConfig
 
     def open(self) -> None:
-        config: GaitConfig = self.config  # type: ignore[assignment]
+        config = self.config
         self.buffers: dict[tuple[str, int], SilhouetteBuffer] = {}
         self.encoder: GaitEncoder | None = None
         self.canonical: Direction | None = None
@@ -146,7 +146,7 @@ class GaitStage(Stage):
 
     # --- windows -----------------------------------------------------------------------------------------------
     def _collect(self, index: int, message: FrameRecord | EndOfStream, now_s: float) -> list[_Window]:
-        config: GaitConfig = self.config  # type: ignore[assignment]
+        config = self.config
         windows = []
         stream = message.stream_id
         if isinstance(message, FrameRecord) and message.silhouettes is not None:
@@ -170,7 +170,7 @@ class GaitStage(Stage):
     def _window(self, buffer: SilhouetteBuffer) -> NDArray[np.uint8] | None:
         """The buffer's window, turned to the canonical walking direction when the walker goes the other way; None
         when the track did not move like a walker."""
-        config: GaitConfig = self.config  # type: ignore[assignment]
+        config = self.config
         if buffer.motion() < config.min_motion:
             buffer.new_since_embedding = 0
             self.context.metrics.inc("windows_skipped_total", reason="stationary")
@@ -228,7 +228,7 @@ class GaitStage(Stage):
         return self._attach([eos], windows)
 
     def on_tick(self, now_s: float) -> None:
-        config: GaitConfig = self.config  # type: ignore[assignment]
+        config = self.config
         stale = [key for key, b in self.buffers.items() if now_s - b.last_seen_s > config.track_timeout_s]
         for key in stale:
             del self.buffers[key]

@@ -44,18 +44,18 @@ class SegmentConfig(StageConfig):
         return value.model_copy(update=updates)
 
 
-class SegmentStage(Stage):
+class SegmentStage(Stage[SegmentConfig]):
     name = "segment"
     Config: ClassVar[type[StageConfig]] = SegmentConfig
 
     def open(self) -> None:
-        config: SegmentConfig = self.config  # type: ignore[assignment]
+        config = self.config
         self.segmenter: Segmenter = open_segmenter(config.segmenter.model_copy(update={"threads": config.threads}))
         self.quality = MaskQuality(min_fill_ratio=config.min_fill_ratio, min_largest_share=config.min_largest_share,
                                    min_height_ratio=config.min_height_ratio)
 
     def process(self, record: FrameRecord) -> list[DataMessage]:
-        config: SegmentConfig = self.config  # type: ignore[assignment]
+        config = self.config
         tracks = record.tracks
         detections = Detections(tracks.boxes_xyxy_px, tracks.track_ids, tracks.scores, record.label_map)
         masks = self.segmenter.masks(record.frame.pixels, detections) if len(tracks) else []

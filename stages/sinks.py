@@ -89,12 +89,12 @@ class _StreamOutputs:
     last_frame_s: float = 0.0
 
 
-class SinkStage(Stage):
+class SinkStage(Stage[SinkConfig]):
     name = "sink"
     Config: ClassVar[type[StageConfig]] = SinkConfig
 
     def open(self) -> None:
-        config: SinkConfig = self.config  # type: ignore[assignment]
+        config = self.config
         self.streams: dict[str, _StreamOutputs] = {}
         self.publisher: EventPublisher | None = None
         if config.display and not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
@@ -111,7 +111,7 @@ class SinkStage(Stage):
     def _outputs(self, stream_id: str) -> _StreamOutputs:
         outputs = self.streams.get(stream_id)
         if outputs is None:
-            config: SinkConfig = self.config  # type: ignore[assignment]
+            config = self.config
             folder = config.out_dir / stream_id if config.out_dir is not None else None
             outputs = self.streams[stream_id] = _StreamOutputs(folder)
             if folder is not None:
@@ -147,7 +147,7 @@ class SinkStage(Stage):
 
     # --- records ---------------------------------------------------------------------------------------------
     def process(self, record: FrameRecord) -> list[DataMessage]:
-        config: SinkConfig = self.config  # type: ignore[assignment]
+        config = self.config
         outputs = self._outputs(record.stream_id)
         outputs.end_t = record.pts_s + 1.0 / record.fps
         outputs.last_seq = max(outputs.last_seq, record.seq)
@@ -211,7 +211,7 @@ class SinkStage(Stage):
                                                 score=round(score, 4), candidates=candidates))
 
     def _write_frame(self, outputs: _StreamOutputs, record: FrameRecord, image: np.ndarray) -> None:
-        config: SinkConfig = self.config  # type: ignore[assignment]
+        config = self.config
         path = outputs.folder / "annotated.mp4"
         if outputs.video is None:
             fourcc = cv2.VideoWriter_fourcc(*config.video_fourcc)
@@ -227,7 +227,7 @@ class SinkStage(Stage):
             raise self._output_error(path, errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     def _show(self, stream_id: str, image: np.ndarray) -> None:
-        config: SinkConfig = self.config  # type: ignore[assignment]
+        config = self.config
         scale = min(1.0, config.display_max_height_px / image.shape[0])
         shown = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else image
         title = f"gaitstream: {stream_id}"
@@ -242,7 +242,7 @@ class SinkStage(Stage):
         outputs.labels.pop(track_id, None)
         outputs.last_box.pop(track_id, None)
         outputs.last_seen_s.pop(track_id, None)
-        if sequence and len(sequence) < self.config.min_saved_silhouettes:  # type: ignore[attr-defined]
+        if sequence and len(sequence) < self.config.min_saved_silhouettes:
             log.info("not saving short track stream=%s track=%d silhouettes=%d", stream_id, track_id, len(sequence))
             self.context.metrics.inc("short_tracks_not_saved_total")
             return
@@ -259,7 +259,7 @@ class SinkStage(Stage):
 
     def on_tick(self, now_s: float) -> None:
         """Finish tracks whose end never came (their silhouettes are still saved), and report the state held."""
-        config: SinkConfig = self.config  # type: ignore[assignment]
+        config = self.config
         for stream_id, outputs in self.streams.items():
             for track_id in [t for t, seen in outputs.last_seen_s.items() if now_s - seen > config.track_timeout_s]:
                 self._finish_track(stream_id, outputs, track_id)
@@ -285,7 +285,7 @@ class SinkStage(Stage):
             outputs.video.release()
         if outputs.events is not None:  # closing flushes the last lines: it can find the disk full too
             self._guard(outputs.folder / "events.jsonl", outputs.events.close)
-        if self.config.display:  # type: ignore[attr-defined]
+        if self.config.display:
             try:
                 cv2.destroyWindow(f"gaitstream: {stream_id}")
             except cv2.error:

@@ -287,7 +287,7 @@ class VideoSource:
             self._capture = None
 
 
-class VideoSourceStage(SourceStage):
+class VideoSourceStage(SourceStage[SourceSettings]):
     """The source stage: one VideoSource per input, driven by the runtime's source runner."""
 
     name = "source"
@@ -299,4 +299,4 @@ class VideoSourceStage(SourceStage):
         return spec.uri.startswith("webcam:") or scheme in LIVE_SCHEMES
 
     def open_source(self, spec: StreamSpec, *, realtime: bool) -> VideoSource:
-        return VideoSource(spec, self.config, live=self.is_live(spec), realtime=realtime)  # type: ignore[arg-type]
+        return VideoSource(spec, self.config, live=self.is_live(spec), realtime=realtime)
