@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Literal
 
 import msgpack
@@ -254,15 +255,34 @@ class Heartbeat:
     metrics: dict[str, Any]
 
 
+class ReportEvent(str, Enum):
+    """What a `Report` says; a str on the wire, checked against this list when decoded."""
+
+    FATAL = "fatal"  # the process cannot go on (open failed, disk full): the run fails with `detail`
+    INPUT_FAILED = "input_failed"  # an input could not be opened: skipped
+    STREAM_OPENED = "stream_opened"
+    STREAM_LOST = "stream_lost"  # a live stream is gone for good
+    INPUT_DONE = "input_done"  # a source finished an input (not to be replayed after a restart)
+    STREAM_FINISHED = "stream_finished"  # the last stage handled a stream's end
+    DRAINED = "drained"  # every stream ended and every output acknowledged
+    STOP_REQUESTED = "stop_requested"  # e.g. q pressed in the overlay window
+
+
 @dataclass(frozen=True, slots=True)
 class Report:
     """Control: something the supervisor must know (an input skipped, a stream finished or lost)."""
 
     process: str
-    event: str
+    event: ReportEvent
     stream_id: str = ""
     detail: str = ""
     data: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "event", ReportEvent(self.event))
+        except ValueError:
+            raise SchemaError(f"Report: unknown event {self.event!r}") from None
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,6 +46,7 @@ from pipeline.messages import (
     Heartbeat,
     Ready,
     Report,
+    ReportEvent,
     Stop,
     decode,
     encode,
@@ -76,7 +77,7 @@ class StageContext:
     zmq_context: Any = None
     publishers: list[EventPublisher] = field(default_factory=list)
 
-    def report(self, event: str, stream_id: str = "", detail: str = "", **data: Any) -> None:
+    def report(self, event: ReportEvent, stream_id: str = "", detail: str = "", **data: Any) -> None:
         """Tell the supervisor something it must know (an input skipped, a stream opened)."""
         self.report_sink(Report(self.process, event, stream_id, detail, data))
 
@@ -384,7 +385,8 @@ class StageRunner(_Base):
         self._emit(self.driver.end_of_stream(eos))
         self.ended.add((eos.stream_id, eos.epoch))
         if self.sender is None:
-            self.context.report("stream_finished", eos.stream_id, eos.detail, frames=eos.frames, reason=eos.reason)
+            self.context.report(ReportEvent.STREAM_FINISHED, eos.stream_id, eos.detail, frames=eos.frames,
+                                reason=eos.reason)
 
     def _take_input(self) -> None:
         """Drain up to max_batch messages; process runs of records together, end-of-streams in order."""
@@ -442,7 +444,7 @@ class StageRunner(_Base):
         backlog = self.sender.backlog if self.sender is not None else 0
         if set(self.spec.streams) <= ended_streams and backlog == 0 and len(self.custody) == 0:
             self.drained_reported = True
-            self.context.report("drained")
+            self.context.report(ReportEvent.DRAINED)
 
     def run(self) -> int:
         self.send_control(Ready(self.spec.process, os.getpid(), self.spec.incarnation))
@@ -583,7 +585,7 @@ class SourceRunner(_Base):
                 continue
             self._run_input(spec, stream_id)
             if not self.stop_requested:
-                self.context.report("input_done", stream_id)
+                self.context.report(ReportEvent.INPUT_DONE, stream_id)
         return EXIT_OK
 
     def _run_input(self, spec: StreamSpec, stream_id: str) -> None:
@@ -596,11 +598,11 @@ class SourceRunner(_Base):
         except SourceError as exc:
             log.error("%s", exc)
             self.metrics.inc("inputs_failed_total")
-            self.context.report("input_failed", stream_id, str(exc), uri=spec.uri)
+            self.context.report(ReportEvent.INPUT_FAILED, stream_id, str(exc), uri=spec.uri)
             self._send_end(EndOfStream(stream_id, epoch, 0, "error", str(exc), spec.uri))
             return
         self.context.report(
-            "stream_opened", stream_id, spec.uri, fps=source.fps, frame_count=source.frame_count, live=live
+            ReportEvent.STREAM_OPENED, stream_id, spec.uri, fps=source.fps, frame_count=source.frame_count, live=live
         )
         log.info("stream opened stream=%s uri=%s live=%s fps=%.2f frames=%s",
                  stream_id, spec.uri, live, source.fps, source.frame_count)
@@ -613,7 +615,7 @@ class SourceRunner(_Base):
         except SourceError as exc:
             reason, detail, frames = "error", str(exc), getattr(exc, "frames", frames)
             log.error("%s stream=%s", exc, stream_id)
-            self.context.report("stream_lost", stream_id, str(exc))
+            self.context.report(ReportEvent.STREAM_LOST, stream_id, str(exc))
         finally:
             source.close()
         if self.stop_requested:
@@ -769,4 +771,4 @@ def _report_fatal(runner: _Base, exc: Exception, doing: str) -> None:
     message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     # The supervisor receives the report and the run ends with it as its one error line; no second copy here.
     log.debug("%s: %s", doing, message, exc_info=True)
-    runner.send_control(Report(runner.spec.process, "fatal", detail=message))
+    runner.send_control(Report(runner.spec.process, ReportEvent.FATAL, detail=message))

@@ -36,7 +36,7 @@ from prometheus_client.exposition import start_http_server
 
 from pipeline.config import CurveSettings, RuntimeConfig, StageConfig, StreamSpec
 from pipeline.errors import ConfigError, SchemaError
-from pipeline.messages import Heartbeat, Ready, Report, Stop, decode, encode
+from pipeline.messages import Heartbeat, Ready, Report, ReportEvent, Stop, decode, encode
 from pipeline.metrics import BoardCollector, MetricsBoard, frames_passed
 from pipeline.shm import remove_run_rings
 from pipeline.stage import EXIT_FATAL, EXIT_OK, EdgeSpec, ProcessSpec, SourceStage, Stage, run_process
@@ -344,11 +344,11 @@ class Supervisor:
         if self.on_report is not None:
             self.on_report(report)
         stream = report.stream_id
-        if report.event == "fatal":
+        if report.event is ReportEvent.FATAL:
             self._fail(managed, f"{managed.name}: {report.detail}")
-        elif report.event == "input_failed":
+        elif report.event is ReportEvent.INPUT_FAILED:
             self.skipped[report.data.get("uri", stream)] = report.detail
-        elif report.event == "stream_opened":
+        elif report.event is ReportEvent.STREAM_OPENED:
             self.streams.setdefault(stream, {}).update(report.data, uri=report.detail,
                                                        opened_at_s=round(time.monotonic(), 3))
             total = report.data.get("frame_count") or 0
@@ -356,11 +356,11 @@ class Supervisor:
             if self._progress is not None:
                 self._progress.total = self._progress_total
                 self._progress.refresh()
-        elif report.event == "stream_lost":
+        elif report.event is ReportEvent.STREAM_LOST:
             self.streams.setdefault(stream, {})["lost"] = report.detail
-        elif report.event == "input_done":
+        elif report.event is ReportEvent.INPUT_DONE:
             managed.done_inputs.append(stream)
-        elif report.event == "stream_finished":
+        elif report.event is ReportEvent.STREAM_FINISHED:
             entry = self.streams.setdefault(stream, {})
             entry.update(finished=True, frames=report.data.get("frames"), end_reason=report.data.get("reason"))
             if "opened_at_s" in entry:  # first frame read to last frame out of the sink, start-up excluded
@@ -368,9 +368,9 @@ class Supervisor:
                 entry["processing_s"] = round(entry["finished_at_s"] - entry["opened_at_s"], 3)
             if report.detail:
                 entry["detail"] = report.detail
-        elif report.event == "drained":
+        elif report.event is ReportEvent.DRAINED:
             managed.drained = True
-        elif report.event == "stop_requested":
+        elif report.event is ReportEvent.STOP_REQUESTED:
             log.info("stop requested by %s: %s", managed.name, report.detail)
             self.stop_reason = self.stop_reason or "user"
 

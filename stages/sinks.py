@@ -32,7 +32,7 @@ from pydantic import Field
 
 from pipeline.config import ConfigPath, StageConfig
 from pipeline.errors import FatalError
-from pipeline.messages import DataMessage, EndOfStream, FrameRecord, Identities
+from pipeline.messages import DataMessage, EndOfStream, FrameRecord, Identities, ReportEvent
 from pipeline.stage import Stage
 from pipeline.transport import EventPublisher
 from stages.overlay import draw_overlay
@@ -234,7 +234,7 @@ class SinkStage(Stage[SinkConfig]):
         cv2.imshow(title, shown)
         key = cv2.waitKey(1) & 0xFF
         if key in (ord("q"), 27):
-            self.context.report("stop_requested", stream_id, "q pressed in the overlay window")
+            self.context.report(ReportEvent.STOP_REQUESTED, stream_id, "q pressed in the overlay window")
 
     def _finish_track(self, stream_id: str, outputs: _StreamOutputs, track_id: int) -> None:
         sequence = outputs.sequences.pop(track_id, None)

@@ -145,3 +145,13 @@ def test_schema_checks_name_field_and_shapes():
         Tracks(np.zeros((3, 5)), np.arange(3), np.zeros(3, np.float32))
     with pytest.raises(SchemaError, match="differ in length"):
         Tracks(np.zeros((2, 4), np.float32), np.arange(3), np.zeros(3, np.float32))
+
+
+def test_reports_are_typed_events_and_unknown_ones_are_refused():
+    from pipeline.messages import ReportEvent
+
+    decoded = decode(encode(Report("sink", ReportEvent.STREAM_FINISHED, "cam", "", {"frames": 3})))
+    assert decoded.event is ReportEvent.STREAM_FINISHED
+    with pytest.raises(SchemaError, match="unknown event 'stream_finsihed'"):
+        decode(encode(Report("sink", ReportEvent.DRAINED))[:1] + [msgpack.packb(
+            {"v": SCHEMA_VERSION, "kind": "report", "body": {"process": "sink", "event": "stream_finsihed"}})])
