@@ -38,8 +38,9 @@ from pipeline.config import CurveSettings, RuntimeConfig, StageConfig, StreamSpe
 from pipeline.errors import ConfigError, SchemaError
 from pipeline.messages import Heartbeat, Ready, Report, ReportEvent, Stop, decode, encode
 from pipeline.metrics import BoardCollector, MetricsBoard, frames_passed
+from pipeline.runner import EXIT_FATAL, EXIT_OK, EdgeSpec, ProcessSpec, run_process
 from pipeline.shm import remove_run_rings
-from pipeline.stage import EXIT_FATAL, EXIT_OK, EdgeSpec, ProcessSpec, SourceStage, Stage, run_process
+from pipeline.stage import SourceStage, Stage
 from pipeline.transport import ControlServer, CurveKeys
 
 log = logging.getLogger(__name__)

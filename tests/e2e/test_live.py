@@ -10,7 +10,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pipeline.stage import process_title
+from pipeline.runner import process_title
 from stages import DEFAULT_GRAPH
 from tests.conftest import REPO_ROOT, wait_for
 from tests.e2e.conftest import RtspServer, pipeline_command, read_events

@@ -17,8 +17,8 @@ import psutil
 import zmq
 
 from pipeline.config import StageConfig
+from pipeline.runner import heap_trimmer, process_title
 from pipeline.shm import shm_dir
-from pipeline.stage import heap_trimmer, process_title
 from tests.conftest import REPO_ROOT, wait_for
 from tests.pipeline.runtime_stages import read_lines, run_graph
 
