@@ -45,8 +45,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="folder for annotated videos, events and silhouettes")
     parser.add_argument("--no-display", action="store_true", help="do not open the overlay window")
     parser.add_argument("--save-silhouettes", action="store_true", help="write each track's silhouettes (OpenGait pkl)")
-    parser.add_argument("--gallery", type=Path,
-                        help="gallery file (default: config, $GAITSTREAM_GALLERY, ./gallery.sqlite)")
+    parser.add_argument("--gallery", help="gallery file or postgresql:// URL (default: config, $GAITSTREAM_GALLERY, "
+                        "./gallery.sqlite)")
     parser.add_argument("--rotate", choices=["cw90", "ccw90", "180"], help="rotate every input (cameras on their side)")
     parser.add_argument("--events-endpoint", metavar="ADDR", help="publish events on this ZeroMQ PUB address")
     parser.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics on 127.0.0.1:PORT")
@@ -75,7 +75,7 @@ def cli_overrides(args: argparse.Namespace) -> list[tuple[list[str], object]]:
     flags = {
         "stages.sink.out_dir": str(args.out.absolute()) if args.out else None,
         "stages.sink.save_silhouettes": True if args.save_silhouettes else None,
-        "stages.match.gallery": str(args.gallery.absolute()) if args.gallery else None,
+        "stages.match.gallery": command_line_gallery(args.gallery),
         "stages.sink.events_endpoint": args.events_endpoint,
         "runtime.metrics_port": args.metrics_port,
         "runtime.log_level": args.log_level,
@@ -83,6 +83,15 @@ def cli_overrides(args: argparse.Namespace) -> list[tuple[list[str], object]]:
     overrides += [(key.split("."), value) for key, value in flags.items() if value is not None]
     overrides.append((["stages", "sink", "display"], not args.no_display))
     return overrides
+
+
+def command_line_gallery(value: str | None) -> str | None:
+    """A --gallery value for the config: a file relative to where it was typed, a database URL as it is."""
+    from engines.gallery import is_postgres_url
+
+    if value is None or is_postgres_url(value):
+        return value
+    return str(Path(value).expanduser().absolute())
 
 
 def drop_unreadable(config):

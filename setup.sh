@@ -27,6 +27,6 @@ PYTHON=${PYTHON:-python3}
 [[ -x .venv/bin/python ]] || "$PYTHON" -m venv .venv
 # constraints.txt pins the whole resolved set; torch==2.14.1 keeps pip off any local CPU-only torch wheel,
 # which would break torchvision (and with it Ultralytics).
-.venv/bin/python -m pip install -q -c constraints.txt -e ".[dev]"
+.venv/bin/python -m pip install -q -c constraints.txt -e ".[dev,cluster]"
 .venv/bin/python -c "import torch, torchvision, ultralytics, cv2, zmq, onnxruntime; print('environment ready: torch',
  torch.__version__, 'torchvision', torchvision.__version__, 'ultralytics', ultralytics.__version__)"

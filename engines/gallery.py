@@ -1,22 +1,28 @@
-"""The gallery: enrolled identities and their gait embeddings in one SQLite file.
+"""The gallery: enrolled identities and their gait embeddings, in one SQLite file or on a PostgreSQL server.
 
 SQLite in WAL mode with full synchronisation: every enrolment is one transaction, so a process killed mid-write
 leaves the file openable with every identity committed before the kill, and readers (the match stage) never block
 the writer (an enrolment running beside a live pipeline). The gallery records the encoder that produced its
 embeddings and refuses embeddings from any other encoder, because distances between two encoders' embeddings mean
-nothing. Must not import `pipeline` or `stages`.
+nothing. `open_gallery` picks the backend from the location: a path (or `sqlite:///path`) is this SQLite store, a
+`postgresql://` URL the shared store of `engines.gallery_postgres` (many hosts, one set of identities), with the same
+methods. Must not import `pipeline` or `stages`.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sqlite3
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlsplit
 
 import numpy as np
 from numpy.typing import NDArray
@@ -26,6 +32,9 @@ from engines.errors import EngineError
 SCHEMA_VERSION = 1
 GALLERY_ENV = "GAITSTREAM_GALLERY"
 DEFAULT_GALLERY = Path("gallery.sqlite")
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+#: SQLAlchemy's convention: sqlite:///relative/path, sqlite:////absolute/path.
+SQLITE_PREFIX = "sqlite:///"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -53,12 +62,49 @@ class GalleryError(EngineError):
     """The gallery cannot be opened or would be corrupted by the request (wrong encoder, unknown name)."""
 
 
-def resolve_gallery_path(explicit: str | Path | None) -> Path:
-    """`--gallery PATH` or the config value, else $GAITSTREAM_GALLERY, else ./gallery.sqlite."""
-    if explicit:
-        return Path(explicit).expanduser()
-    from_env = os.environ.get(GALLERY_ENV)
-    return Path(from_env).expanduser() if from_env else DEFAULT_GALLERY
+def is_postgres_url(location: str | Path | None) -> bool:
+    return isinstance(location, str) and location.startswith(POSTGRES_SCHEMES)
+
+
+def gallery_location(value: str | Path) -> Path | str:
+    """A file gallery as a Path (`sqlite:///` stripped), a postgresql:// URL as the string itself."""
+    if is_postgres_url(value):
+        return str(value)
+    text = str(value)
+    return Path(text.removeprefix(SQLITE_PREFIX)).expanduser()
+
+
+def resolve_gallery_path(explicit: str | Path | None) -> Path | str:
+    """`--gallery` or the config value, else $GAITSTREAM_GALLERY, else ./gallery.sqlite: a Path for a file, the
+    URL unchanged for a PostgreSQL gallery."""
+    return gallery_location(explicit or os.environ.get(GALLERY_ENV) or DEFAULT_GALLERY)
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
+
+
+def open_gallery(location: str | Path, *, create: bool = True) -> Gallery:
+    """The gallery at `location` (see `gallery_location`): SQLite for files, PostgreSQL for postgresql:// URLs.
+
+    The PostgreSQL backend needs the optional `cluster` extra; without it the error says how to install it,
+    rather than an ImportError from deep inside a tool.
+    """
+    resolved = gallery_location(location)
+    if isinstance(resolved, Path):
+        return GalleryStore(resolved, create=create)
+    try:
+        backend = importlib.import_module("engines.gallery_postgres")
+    except ImportError as exc:
+        if (exc.name or "").startswith("engines"):  # a fault of ours, not a missing extra
+            raise
+        raise GalleryError(f"a PostgreSQL gallery ({redact_url(resolved)}) needs the cluster extra: "
+                           f"pip install .[cluster] (missing {exc.name or exc})") from exc
+    return backend.PostgresGalleryStore(resolved, create=create)
 
 
 @dataclass(frozen=True)
@@ -82,16 +128,103 @@ class GallerySnapshot:
     owners: NDArray[np.int64]
     encoder: str | None
     parts: int
+    anonymous: int = 0  # how many of `names` are anonymous (auto-enrolled strangers)
 
 
-def _checked_name(name: str) -> str:
+class Gallery(Protocol):
+    """What every gallery backend offers (`GalleryStore`, `engines.gallery_postgres.PostgresGalleryStore`)."""
+
+    path: Path | str  # where it is, as messages show it (a URL without its password)
+
+    @property
+    def encoder(self) -> str | None: ...
+    @property
+    def parts(self) -> int: ...
+    @property
+    def embedding_dim(self) -> int | None: ...
+    def data_version(self) -> int: ...
+    def check_can_add(self, name: str, encoder: str) -> None: ...
+    def add(self, name: str, vectors: NDArray[np.float32], *, encoder: str, parts: int, source: str = "",
+            stream: str = "", track_id: int | None = None, frames: int | None = None,
+            anonymous: bool = False) -> int: ...
+    def rename(self, old: str, new: str) -> None: ...
+    def delete(self, name: str) -> int: ...
+    def identities(self) -> list[IdentitySummary]: ...
+    def snapshot(self) -> GallerySnapshot: ...
+    def export(self, path: str | Path) -> tuple[Path, int]: ...
+    def import_(self, path: str | Path) -> int: ...
+    def close(self) -> None: ...
+
+
+def checked_name(name: str) -> str:
     """An identity name without surrounding blanks; `GalleryError` for an empty one."""
     if not str(name).strip():
         raise GalleryError("identity name must not be empty")
     return str(name).strip()
 
 
-class GalleryStore:
+def checked_vectors(name: str, vectors: NDArray[np.float32]) -> NDArray[np.float32]:
+    """Embeddings to store as (k, D) contiguous float32; `GalleryError` for any other shape or a NaN/inf."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2 or len(vectors) == 0:
+        raise GalleryError(f"expected embeddings of shape (k, D) with k >= 1, got {vectors.shape}")
+    if not np.isfinite(vectors).all():
+        raise GalleryError(f"embeddings for {name!r} hold NaN or infinite values: refused")
+    return vectors
+
+
+class GalleryExchange(ABC):
+    """Export and import as .npz, the same for every backend: each needs only `snapshot`, `add` and
+    `_held_vectors`."""
+
+    @abstractmethod
+    def snapshot(self) -> GallerySnapshot: ...
+
+    @abstractmethod
+    def add(self, name: str, vectors: NDArray[np.float32], *, encoder: str, parts: int, source: str = "") -> int: ...
+
+    @abstractmethod
+    def _held_vectors(self, name: str) -> set[bytes]:
+        """The raw float32 bytes of every embedding `name` holds (for an idempotent import)."""
+
+    def export(self, path: str | Path) -> tuple[Path, int]:
+        """Write every identity's embeddings to an .npz (portable, no pickle; `.npz` is added to a path without it,
+        folders are made); returns the path written and the embedding count."""
+        path = Path(path)
+        if path.suffix != ".npz":
+            path = path.with_name(path.name + ".npz")
+        snap = self.snapshot()
+        meta = {"encoder": snap.encoder, "parts": snap.parts, "schema_version": SCHEMA_VERSION}
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(path, names=np.asarray(snap.names, dtype=str), vectors=snap.vectors, owners=snap.owners,
+                     meta=np.asarray(json.dumps(meta)))
+        except OSError as exc:
+            raise GalleryError(f"cannot export to {path}: {exc.strerror or exc}") from exc
+        return path, len(snap.vectors)
+
+    def import_(self, path: str | Path) -> int:
+        """Add every identity of an exported .npz (refused if its encoder differs); returns embeddings added.
+
+        Embeddings an identity already holds (an export imported twice) are skipped, so importing is idempotent.
+        """
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                names, vectors, owners = list(data["names"]), data["vectors"], data["owners"]
+                meta = json.loads(str(data["meta"]))
+        except (OSError, KeyError, ValueError) as exc:
+            raise GalleryError(f"cannot import {path}: not a gallery export ({exc})") from exc
+        added = 0
+        for index, name in enumerate(names):
+            held = self._held_vectors(str(name))
+            rows = np.asarray([v for v in vectors[owners == index] if np.float32(v).tobytes() not in held])
+            if len(rows):
+                added += self.add(str(name), rows, encoder=meta["encoder"], parts=int(meta["parts"]),
+                                  source=f"import:{Path(path).name}")
+        return added
+
+
+class GalleryStore(GalleryExchange):
     """Identities with several embeddings each, the encoder that made them, and when and where."""
 
     def __init__(self, path: str | Path, *, create: bool = True) -> None:
@@ -170,7 +303,7 @@ class GalleryStore:
     def check_can_add(self, name: str, encoder: str) -> None:
         """Fail now, before a walk is recorded, if `add(name, ..., encoder=encoder)` would fail: a blank name,
         embeddings of another encoder, or a gallery that cannot be written (read-only file or folder, locked)."""
-        _checked_name(name)
+        checked_name(name)
         if self.encoder is not None and self.encoder != encoder:
             raise GalleryError(f"{self.path} holds embeddings of encoder {self.encoder}; this pipeline's is {encoder} "
                                f"(use another gallery file, or re-enrol everyone with the new encoder)")
@@ -194,12 +327,8 @@ class GalleryStore:
         anonymous: bool = False,
     ) -> int:
         """Add embeddings (k, D) to `name` (created if new) in one transaction; returns how many were added."""
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        if vectors.ndim != 2 or len(vectors) == 0:
-            raise GalleryError(f"expected embeddings of shape (k, D) with k >= 1, got {vectors.shape}")
-        if not np.isfinite(vectors).all():
-            raise GalleryError(f"embeddings for {name!r} hold NaN or infinite values: refused")
-        name = _checked_name(name)
+        vectors = checked_vectors(name, vectors)
+        name = checked_name(name)
         now = time.time()
         with self._transaction():
             self._check_encoder(encoder, vectors.shape[1], parts)
@@ -214,7 +343,7 @@ class GalleryStore:
         return len(vectors)
 
     def rename(self, old: str, new: str) -> None:
-        new = _checked_name(new)
+        new = checked_name(new)
         with self._transaction():
             if self._db.execute("SELECT 1 FROM identities WHERE name = ?", (new,)).fetchone():
                 raise GalleryError(f"an identity named {new!r} already exists")
@@ -248,57 +377,25 @@ class GalleryStore:
 
     def snapshot(self) -> GallerySnapshot:
         rows = self._db.execute(
-            "SELECT i.name, e.vector FROM embeddings e JOIN identities i ON i.id = e.identity_id ORDER BY i.name, e.id"
+            "SELECT i.name, e.vector, i.anonymous FROM embeddings e JOIN identities i ON i.id = e.identity_id "
+            "ORDER BY i.name, e.id"
         ).fetchall()
         names: list[str] = []
+        anonymous = 0
         owners = np.zeros(len(rows), np.int64)
-        for row_index, (name, _) in enumerate(rows):
+        for row_index, (name, _, anon) in enumerate(rows):
             if not names or names[-1] != name:
                 names.append(name)
+                anonymous += bool(anon)
             owners[row_index] = len(names) - 1
         dim = self.embedding_dim or 0
         vectors = (np.frombuffer(b"".join(r[1] for r in rows), np.float32).reshape(len(rows), dim)
                    if rows else np.zeros((0, dim), np.float32))
-        return GallerySnapshot(tuple(names), vectors, owners, self.encoder, self.parts)
+        return GallerySnapshot(tuple(names), vectors, owners, self.encoder, self.parts, anonymous)
 
-    # --- exchange ------------------------------------------------------------------------------------------------
-    def export(self, path: str | Path) -> tuple[Path, int]:
-        """Write every identity's embeddings to an .npz (portable, no pickle; `.npz` is added to a path without it,
-        folders are made); returns the path written and the embedding count."""
-        path = Path(path)
-        if path.suffix != ".npz":
-            path = path.with_name(path.name + ".npz")
-        snap = self.snapshot()
-        meta = {"encoder": snap.encoder, "parts": snap.parts, "schema_version": SCHEMA_VERSION}
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(path, names=np.asarray(snap.names, dtype=str), vectors=snap.vectors, owners=snap.owners,
-                     meta=np.asarray(json.dumps(meta)))
-        except OSError as exc:
-            raise GalleryError(f"cannot export to {path}: {exc.strerror or exc}") from exc
-        return path, len(snap.vectors)
-
-    def import_(self, path: str | Path) -> int:
-        """Add every identity of an exported .npz (refused if its encoder differs); returns embeddings added.
-
-        Embeddings an identity already holds (an export imported twice) are skipped, so importing is idempotent.
-        """
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                names, vectors, owners = list(data["names"]), data["vectors"], data["owners"]
-                meta = json.loads(str(data["meta"]))
-        except (OSError, KeyError, ValueError) as exc:
-            raise GalleryError(f"cannot import {path}: not a gallery export ({exc})") from exc
-        added = 0
-        for index, name in enumerate(names):
-            held = {bytes(row[0]) for row in self._db.execute(
-                "SELECT e.vector FROM embeddings e JOIN identities i ON i.id = e.identity_id WHERE i.name = ?",
-                (str(name),))}
-            rows = np.asarray([v for v in vectors[owners == index] if np.float32(v).tobytes() not in held])
-            if len(rows):
-                added += self.add(str(name), rows, encoder=meta["encoder"], parts=int(meta["parts"]),
-                                  source=f"import:{Path(path).name}")
-        return added
+    def _held_vectors(self, name: str) -> set[bytes]:
+        return {bytes(row[0]) for row in self._db.execute(
+            "SELECT e.vector FROM embeddings e JOIN identities i ON i.id = e.identity_id WHERE i.name = ?", (name,))}
 
     def close(self) -> None:
         self._db.close()

@@ -5,8 +5,10 @@ frame-weighted mean of all its windows), and the walk, not the window, gets the 
 gallery: named only when close enough (`accept_distance`, by default the encoder's own calibrated threshold) and
 clearly closer than the runner-up (`margin_ratio`), otherwise `unknown` with its candidates. Every frame carries
 the current label of each of its tracks; frames on which a track got a new decision mark it `decided`, which is
-when the sink writes an `identity` event with the top-k candidates. The gallery file is re-read when another process (an
-enrolment) commits to it. With `auto_enroll`, a track that ends as `unknown` is added to the gallery as an
+when the sink writes an `identity` event with the top-k candidates. A gallery file is re-read when another process (an
+enrolment) commits to it; a PostgreSQL gallery is followed by `engines.gallery_postgres.GalleryFollower`, whose
+background thread hands over a new copy after each commit on any host (the stage only picks it up on a tick, never
+waiting on the network). With `auto_enroll`, a track that ends as `unknown` is added to the gallery as an
 anonymous identity, so the same stranger is recognised later and on other cameras.
 """
 
@@ -14,25 +16,42 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import ClassVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, ClassVar
 
 import numpy as np
-from pydantic import Field
+from pydantic import AfterValidator, Field, ValidationInfo
 
-from engines.gallery import GalleryStore, resolve_gallery_path
+from engines.gallery import Gallery, GallerySnapshot, gallery_location, open_gallery, resolve_gallery_path
 from engines.matching import UNKNOWN, GalleryIndex, Match, TrackEvidence, decide_identity
-from pipeline.config import ConfigPath, StageConfig
+from pipeline.config import StageConfig, resolve_config_path
 from pipeline.messages import Candidate, DataMessage, Embeddings, EndOfStream, FrameRecord, Identities
 from pipeline.stage import Stage
 
+if TYPE_CHECKING:
+    from engines.gallery_postgres import GalleryFollower
+
 log = logging.getLogger(__name__)
+
+#: How long `open` waits for a PostgreSQL gallery's first copy before starting with none.
+FIRST_LOAD_TIMEOUT_S = 10.0
+
+
+def _resolve_gallery(value: str | Path, info: ValidationInfo) -> str | Path:
+    """A file resolves against the config's folder like any path; a postgresql:// URL stays as written."""
+    location = gallery_location(value)
+    return location if isinstance(location, str) else resolve_config_path(location, info)
+
+
+GalleryLocation = Annotated[str | Path, AfterValidator(_resolve_gallery)]
 
 
 class MatchConfig(StageConfig):
     """The gallery and the open-set decision."""
 
-    gallery: ConfigPath | None = Field(None, 
-                                      description="SQLite gallery; default $GAITSTREAM_GALLERY or ./gallery.sqlite")
+    gallery: GalleryLocation | None = Field(
+        None, description="SQLite file (or sqlite:///path) or postgresql:// URL; default $GAITSTREAM_GALLERY or "
+        "./gallery.sqlite")
     accept_distance: float | None = Field(
         None, gt=0, lt=2, description="largest part-averaged cosine distance accepted as a match; null: the "
         "threshold calibrated for the encoder (its weights' metadata, tools/eval_wild.py --calibrate)")
@@ -41,7 +60,8 @@ class MatchConfig(StageConfig):
         "runner-up's (1: no margin)")
     top_k: int = Field(3, ge=1, description="candidates reported with each decision")
     track_timeout_s: float = Field(30.0, gt=0, description="forget the evidence of a track silent this long")
-    reload_interval_s: float = Field(2.0, gt=0, description="how often to look for gallery changes")
+    reload_interval_s: float = Field(2.0, gt=0, description="how often to look for changes to a gallery file "
+                                     "(a PostgreSQL gallery's arrive as they commit)")
     auto_enroll: bool = Field(False, description="add tracks that end unknown as anonymous identities")
     auto_enroll_min_windows: int = Field(2, ge=1, description="windows an unknown track needs to be auto-enrolled")
 
@@ -65,7 +85,8 @@ class MatchStage(Stage):
     def open(self) -> None:
         config: MatchConfig = self.config  # type: ignore[assignment]
         self.gallery_path = resolve_gallery_path(config.gallery)
-        self.store: GalleryStore | None = None
+        self.store: Gallery | None = None
+        self.follower: GalleryFollower | None = None
         self.index: GalleryIndex | None = None
         self.version = -1
         self.next_reload_s = 0.0
@@ -73,34 +94,53 @@ class MatchStage(Stage):
         self.anonymous_count = 0
         self.last_encoder: tuple[str, int] | None = None  # (name, parts) of the embeddings seen, for auto-enrol
         self.warned_uncalibrated = False
+        if isinstance(self.gallery_path, str):
+            self.store = open_gallery(self.gallery_path)  # the schema, and a clear error for a bad URL, now
+            from engines.gallery_postgres import GalleryFollower  # the extra is there: open_gallery needed it
+
+            self.follower = GalleryFollower(self.gallery_path)
+            if not self.follower.wait_until_loaded(FIRST_LOAD_TIMEOUT_S):
+                log.warning("gallery %s not loaded after %.0f s: every track is unknown until it is",
+                            self.store.path, FIRST_LOAD_TIMEOUT_S)
         self._reload(force=True)
 
     # --- gallery -------------------------------------------------------------------------------------------------
     def _reload(self, force: bool = False) -> None:
+        if self.follower is not None:
+            # An unchanged copy is not rebuilt even when forced: an auto-enrolment joins the index (and the
+            # anonymous count) when the follower has it, not before.
+            latest = self.follower.latest()
+            if latest is not None and latest[0] != self.version:
+                self._use(*latest)
+            return
         if self.store is None:
             if not self.gallery_path.is_file() and not self.config.auto_enroll:  # type: ignore[attr-defined]
                 if force:
                     log.warning("no gallery at %s: every track is unknown until someone is enrolled",
                                 self.gallery_path)
                 return
-            self.store = GalleryStore(self.gallery_path)
+            self.store = open_gallery(self.gallery_path)
         version = self.store.data_version()
         if version == self.version and not force:
             return
+        self._use(version, self.store.snapshot())
+
+    def _use(self, version: int, snapshot: GallerySnapshot) -> None:
         self.version = version
-        self.index = GalleryIndex(self.store.snapshot())
-        self.anonymous_count = sum(1 for i in self.store.identities() if i.anonymous)
+        self.index = GalleryIndex(snapshot)
+        self.anonymous_count = snapshot.anonymous
         self.context.metrics.set("gallery_identities", len(self.index))
+        shown = self.store.path if self.store is not None else self.gallery_path
         if not len(self.index):
             log.warning("gallery %s holds no identities: every track is unknown until someone is enrolled "
-                        "(tools/enroll.py)", self.gallery_path)
+                        "(tools/enroll.py)", shown)
         else:
-            log.info("gallery %s: %d identities, %d embeddings, encoder %s", self.gallery_path, len(self.index),
+            log.info("gallery %s: %d identities, %d embeddings, encoder %s", shown, len(self.index),
                      len(self.index.vectors), self.index.encoder)
 
     def on_tick(self, now_s: float) -> None:
         config: MatchConfig = self.config  # type: ignore[assignment]
-        if now_s >= self.next_reload_s:
+        if self.follower is not None or now_s >= self.next_reload_s:  # a follower's copy costs nothing to check
             self.next_reload_s = now_s + config.reload_interval_s
             self._reload()
         stale = [key for key, t in self.tracks.items() if now_s - t.evidence.last_seen_s > config.track_timeout_s]
@@ -183,7 +223,7 @@ class MatchStage(Stage):
 
     def _auto_enroll(self, stream_id: str, track_id: int, state: _TrackState, encoder: str, parts: int) -> None:
         if self.store is None:
-            self.store = GalleryStore(self.gallery_path)
+            self.store = open_gallery(self.gallery_path)
         self.anonymous_count += 1
         name = f"anon-{self.anonymous_count:04d}"
         self.store.add(name, np.stack(state.vectors), encoder=encoder, parts=parts, source="auto-enrol",
@@ -214,5 +254,7 @@ class MatchStage(Stage):
         return [dataclasses.replace(eos, identities=identities)]
 
     def close(self) -> None:
+        if getattr(self, "follower", None) is not None:
+            self.follower.close()
         if getattr(self, "store", None) is not None:
             self.store.close()

@@ -6,8 +6,9 @@ them, and the chosen track's gait embeddings are stored under NAME.
     python tools/enroll.py --name bob --source two_people.mp4 --track-id 2
     python tools/enroll.py --name carol --source rtsp://cam/stream --max-seconds 20 --track-id 1
 
-The gallery is `--gallery PATH`, else the config's `stages.match.gallery`, else $GAITSTREAM_GALLERY, else
-./gallery.sqlite: the same file run_pipeline.py reads. Exit codes: 0 enrolled (or listed), 2 nothing enrolled.
+The gallery is `--gallery PATH` (or a postgresql:// URL), else the config's `stages.match.gallery`, else
+$GAITSTREAM_GALLERY, else ./gallery.sqlite: the same gallery run_pipeline.py reads. Exit codes: 0 enrolled (or
+listed), 2 nothing enrolled.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
 from engines.errors import EngineError  # noqa: E402
-from engines.gallery import GalleryStore, resolve_gallery_path  # noqa: E402
+from engines.gallery import open_gallery, resolve_gallery_path  # noqa: E402
 from pipeline.errors import GaitstreamError  # noqa: E402
 from pipeline.sequential import run_sequential  # noqa: E402
 from stages import load_pipeline_config, stage_registry  # noqa: E402
@@ -50,13 +51,13 @@ def enrolment_config(config_path: Path, source: str, *, rotate: str | None, over
     return config
 
 
-def check_gallery(config: Any, gallery_path: Path, name: str) -> None:
+def check_gallery(config: Any, gallery_path: Path | str, name: str) -> None:
     """Everything that could refuse the enrolment, checked before the first frame (a live walk is not repeated)."""
     from engines.gait.encoder import open_encoder
 
     gait = config.stages.gait
     encoder = open_encoder(Path(gait.encoder), backend=gait.backend, device=gait.device, threads=gait.threads)
-    gallery = GalleryStore(gallery_path)
+    gallery = open_gallery(gallery_path)
     try:
         gallery.check_can_add(name, encoder.name)
     finally:
@@ -76,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", help="identity to add the embeddings to (created if new)")
     parser.add_argument("--track-id", type=int, help="which track to enrol when the video holds several people")
     parser.add_argument("--list-tracks", action="store_true", help="print the tracks found and exit")
-    parser.add_argument("--gallery", type=Path,
-                        help="gallery file (default: config, $GAITSTREAM_GALLERY, ./gallery.sqlite)")
+    parser.add_argument("--gallery", help="gallery file or postgresql:// URL (default: config, "
+                        "$GAITSTREAM_GALLERY, ./gallery.sqlite)")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="pipeline YAML (default: %(default)s)")
     parser.add_argument("--rotate", choices=["cw90", "ccw90", "180"], help="rotate the input (camera on its side)")
     parser.add_argument("--max-seconds", type=float, help="stop after this much video (needed for live streams)")
@@ -106,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{track.track_id} {track.first_frame} {track.last_frame} {track.silhouettes}")
             return 0
         track = choose_track(tracks, args.track_id, args.source)
-        gallery = GalleryStore(gallery_path)
+        gallery = open_gallery(gallery_path)
+        shown = gallery.path  # a URL without its password
         try:
             added = gallery.add(args.name, np.stack(track.embeddings), encoder=collector.encoder,
                                 parts=collector.parts, source=args.source, stream=config.streams[0].id,
@@ -117,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"enrolled {args.name}: {added} embeddings from track {track.track_id} (frames {track.first_frame}-"
-          f"{track.last_frame}, {track.silhouettes} silhouettes) of {args.source} into {gallery_path}")
+          f"{track.last_frame}, {track.silhouettes} silhouettes) of {args.source} into {shown}")
     return 0
 
 

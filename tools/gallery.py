@@ -6,9 +6,9 @@
     python tools/gallery.py export backup.npz          # portable: names + embeddings + encoder, no pickle
     python tools/gallery.py import backup.npz          # refused when its encoder differs from the gallery's
 
-The gallery is `--gallery PATH` (before or after the command), else the config's `stages.match.gallery`, else
-$GAITSTREAM_GALLERY, else ./gallery.sqlite: the lookup every tool and run_pipeline.py make. Exit codes: 0 done,
-2 nothing done (the error says why).
+The gallery is `--gallery PATH` (or a postgresql:// URL; before or after the command), else the config's
+`stages.match.gallery`, else $GAITSTREAM_GALLERY, else ./gallery.sqlite: the lookup every tool and run_pipeline.py
+make. Exit codes: 0 done, 2 nothing done (the error says why).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from engines.errors import EngineError
-from engines.gallery import GalleryStore, resolve_gallery_path
+from engines.gallery import Gallery, open_gallery, resolve_gallery_path
 from pipeline.errors import GaitstreamError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pipeline" / "default.yaml"
@@ -27,8 +27,9 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pipeline" / 
 
 def main(argv: list[str] | None = None) -> int:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--gallery", type=Path, default=argparse.SUPPRESS,
-                        help="gallery file (default: the config's, $GAITSTREAM_GALLERY, ./gallery.sqlite)")
+    common.add_argument("--gallery", default=argparse.SUPPRESS,
+                        help="gallery file or postgresql:// URL (default: the config's, $GAITSTREAM_GALLERY, "
+                             "./gallery.sqlite)")
     common.add_argument("--config", type=Path, default=argparse.SUPPRESS,
                         help=f"pipeline YAML whose stages.match.gallery to use (default: {DEFAULT_CONFIG.name})")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         path = gallery_path(getattr(args, "gallery", None), getattr(args, "config", DEFAULT_CONFIG))
-        gallery = GalleryStore(path, create=args.command == "import")
+        gallery = open_gallery(path, create=args.command == "import")
         try:
             return run(args, gallery)
         finally:
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def gallery_path(explicit: Path | None, config_path: Path) -> Path:
+def gallery_path(explicit: str | None, config_path: Path) -> Path | str:
     """--gallery, else the config's stages.match.gallery, else $GAITSTREAM_GALLERY, else ./gallery.sqlite."""
     if explicit is not None:
         return resolve_gallery_path(explicit)
@@ -67,7 +68,7 @@ def gallery_path(explicit: Path | None, config_path: Path) -> Path:
     return resolve_gallery_path(load_pipeline_config(config_path).stages.match.gallery)
 
 
-def run(args: argparse.Namespace, gallery: GalleryStore) -> int:
+def run(args: argparse.Namespace, gallery: Gallery) -> int:
     if args.command == "list":
         identities = gallery.identities()
         print(f"# {gallery.path}: {len(identities)} identities, encoder {gallery.encoder or '-'}")
