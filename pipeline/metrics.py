@@ -107,6 +107,13 @@ class ProcessMetrics:
     def set(self, name: str, value: float, **labels: str) -> None:
         self.gauges[metric_key(name, labels)] = value
 
+    def set_live_tracks(self, count: int) -> None:
+        """Per-track state held by the stage (`live_tracks`), and each time it empties (`live_tracks_emptied_total`):
+        a stage whose state never returns to zero between walks is leaking it."""
+        if count == 0 and self.gauges.get("live_tracks", 0) > 0:
+            self.inc("live_tracks_emptied_total")
+        self.set("live_tracks", count)
+
     def observe_ms(self, name: str, value_ms: float) -> None:
         samples = self.latencies.get(name)
         if samples is None:

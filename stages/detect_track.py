@@ -102,7 +102,7 @@ class DetectTrackStage(Stage[DetectTrackConfig]):
             del state.last_seen_s[track_id]
             state.stitcher.forget(track_id)
             log.info("track ended stream=%s track=%d seq=%d", record.stream_id, track_id, record.seq)
-        self.context.metrics.set("live_tracks", sum(len(s.last_seen_s) for s in self.streams.values()))
+        self.context.metrics.set_live_tracks(sum(len(s.last_seen_s) for s in self.streams.values()))
         return dataclasses.replace(
             record,
             tracks=Tracks(found.boxes_xyxy_px, track_ids.astype(np.int64), found.scores),

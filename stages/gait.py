@@ -216,7 +216,7 @@ class GaitStage(Stage[GaitConfig]):
     def process_batch(self, records: list[FrameRecord]) -> list[DataMessage]:
         now_s = self.context.clock()
         windows = [w for i, record in enumerate(records) for w in self._collect(i, record, now_s)]
-        self.context.metrics.set("live_tracks", len(self.buffers))
+        self.context.metrics.set_live_tracks(len(self.buffers))
         return self._attach(records, windows)
 
     def on_end_of_stream(self, eos: EndOfStream) -> list[DataMessage]:
@@ -224,7 +224,7 @@ class GaitStage(Stage[GaitConfig]):
         ended = np.union1d(eos.ended_track_ids, np.asarray(remaining, np.int64))
         eos = dataclasses.replace(eos, ended_track_ids=ended)
         windows = self._collect(0, eos, self.context.clock())
-        self.context.metrics.set("live_tracks", len(self.buffers))
+        self.context.metrics.set_live_tracks(len(self.buffers))
         return self._attach([eos], windows)
 
     def on_tick(self, now_s: float) -> None:
@@ -233,4 +233,4 @@ class GaitStage(Stage[GaitConfig]):
         for key in stale:
             del self.buffers[key]
             log.debug("forgot silent track stream=%s track=%d", *key)
-        self.context.metrics.set("live_tracks", len(self.buffers))
+        self.context.metrics.set_live_tracks(len(self.buffers))

@@ -146,7 +146,7 @@ class MatchStage(Stage):
         stale = [key for key, t in self.tracks.items() if now_s - t.evidence.last_seen_s > config.track_timeout_s]
         for key in stale:
             del self.tracks[key]
-        self.context.metrics.set("live_tracks", len(self.tracks))
+        self.context.metrics.set_live_tracks(len(self.tracks))
 
     # --- decisions ---------------------------------------------------------------------------------------------
     def _can_match(self, embeddings: Embeddings) -> bool:
@@ -240,7 +240,7 @@ class MatchStage(Stage):
         track_ids = sorted(set(record.tracks.track_ids.tolist()) | decided)
         identities = self._identities(record.stream_id, track_ids, decided)
         self._end_tracks(record.stream_id, record.ended_track_ids.tolist())
-        self.context.metrics.set("live_tracks", len(self.tracks))
+        self.context.metrics.set_live_tracks(len(self.tracks))
         return [dataclasses.replace(record, identities=identities)]
 
     def on_end_of_stream(self, eos: EndOfStream) -> list[DataMessage]:
@@ -250,7 +250,7 @@ class MatchStage(Stage):
         ending = sorted(set(eos.ended_track_ids.tolist()) | {t for s, t in self.tracks if s == eos.stream_id})
         identities = self._identities(eos.stream_id, ending, decided)
         self._end_tracks(eos.stream_id, ending)
-        self.context.metrics.set("live_tracks", len(self.tracks))
+        self.context.metrics.set_live_tracks(len(self.tracks))
         return [dataclasses.replace(eos, identities=identities)]
 
     def close(self) -> None:

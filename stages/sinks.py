@@ -263,7 +263,7 @@ class SinkStage(Stage[SinkConfig]):
         for stream_id, outputs in self.streams.items():
             for track_id in [t for t, seen in outputs.last_seen_s.items() if now_s - seen > config.track_timeout_s]:
                 self._finish_track(stream_id, outputs, track_id)
-        self.context.metrics.set("live_tracks", sum(len(o.last_seen_s) for o in self.streams.values()))
+        self.context.metrics.set_live_tracks(sum(len(o.last_seen_s) for o in self.streams.values()))
 
     # --- end of stream ---------------------------------------------------------------------------------------
     def on_end_of_stream(self, eos: EndOfStream) -> list[DataMessage]:

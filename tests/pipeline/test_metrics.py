@@ -194,3 +194,10 @@ def test_a_metrics_port_in_use_is_a_config_error():
         port = taken.getsockname()[1]
         with pytest.raises(ConfigError, match=rf"^--metrics-port {port}: cannot serve metrics there \(.+\)$"):
             serve_metrics(CollectorRegistry(), port)
+
+
+def test_per_track_state_counts_each_time_it_empties():
+    metrics = ProcessMetrics("gait")
+    for count in (0, 1, 2, 0, 0, 1, 0):
+        metrics.set_live_tracks(count)
+    assert metrics.gauges["live_tracks"] == 0 and metrics.counters["live_tracks_emptied_total"] == 2

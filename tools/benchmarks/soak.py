@@ -5,8 +5,11 @@ as deployed); `--mode batch` feeds it as fast as the pipeline takes it (more fra
 The real multi-process pipeline runs with the default config (outputs written to a temporary folder, no display)
 until it is stopped after `--minutes`. Every `--sample-s` the RSS of each stage process (from its heartbeat) and of
 the supervisor (this process) is recorded. Per process: RSS once warmed up (the first sample after `--warmup-s`,
-at most a third of the run), at the end, the peak, and the growth in percent from warmed-up to end. The run is
-`steady` when no process grew more than `--max-growth-percent` and none was restarted (a restart would hide a leak).
+at most a third of the run), at the end, the peak, and the growth in percent from warmed-up to end; for stages that
+hold per-track state, the most tracks held and how often that state emptied during the window
+(`live_tracks_emptied_total`: between walks it must return to zero, or the stage is keeping state it should drop).
+The run is `steady` when no process grew more than `--max-growth-percent`, none was restarted (a restart would hide
+a leak) and every stage's per-track state emptied.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup-s", type=float, default=60.0,
                         help="RSS growth is measured from this many seconds in (at most a third of the run)")
     parser.add_argument("--sample-s", type=float, default=5.0, help="RSS sampling interval (seconds)")
-    parser.add_argument("--max-growth-percent", type=float, default=10.0, help="largest growth still steady")
+    parser.add_argument("--max-growth-percent", type=float, default=5.0, help="largest growth still steady")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
 
@@ -83,8 +86,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "restarts": result.metrics.get(name, {}).get("restarts", 0),
             "rss_mb_series": [[round(t_s), round(mb, 1)] for t_s, mb in points],
         }
+        if any("live_tracks" in s.heartbeats.get(name, {}).get("gauges", {}) for s in samples):
+            processes[name]["live_tracks_max"] = max(
+                s.heartbeats.get(name, {}).get("gauges", {}).get("live_tracks", 0) for s in samples)
+            processes[name]["live_tracks_emptied"] = int(_increase(samples[0], samples[-1], name,
+                                                                   "live_tracks_emptied_total"))
     max_growth = max(info["growth_percent"] for info in processes.values())
     restarted = any(info["restarts"] for info in processes.values())
+    state_emptied = all(info.get("live_tracks_emptied", 1) > 0 for info in processes.values())
     first, last = samples[0], samples[-1]
     elapsed_s = last.t_s - first.t_s
     frames = _increase(first, last, "sink", "frames_in_total")
@@ -97,5 +106,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "exit_code": result.exit_code,
         "processes": processes,
         "max_growth_percent": max_growth,
-        "steady": max_growth <= args.max_growth_percent and not restarted and result.exit_code == 0,
+        "state_emptied": state_emptied,
+        "steady": max_growth <= args.max_growth_percent and not restarted and result.exit_code == 0 and state_emptied,
     }
