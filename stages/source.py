@@ -129,7 +129,8 @@ class VideoSource:
         self.realtime = realtime
         self.settings = settings
         self.rotation = _ROTATIONS.get(spec.rotate)
-        self.fps = 0.0
+        self.native_fps = 0.0  # the input's own rate: media time and pacing follow it
+        self.fps = 0.0  # the rate frames are delivered at (capped by fps_limit): what downstream sees
         self.frame_count: int | None = None
         self._capture: cv2.VideoCapture | None = None
         self._index = 0
@@ -162,7 +163,9 @@ class VideoSource:
             return "not a video, or a codec OpenCV's FFmpeg cannot decode" if not self.live else "cannot connect"
         self._capture = capture
         fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
-        self.fps = fps if 0.5 < fps < 1000 else 25.0
+        self.native_fps = fps if 0.5 < fps < 1000 else 25.0
+        limit = self.settings.fps_limit
+        self.fps = min(self.native_fps, limit) if limit else self.native_fps
         if not self.live:
             count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
             self.frame_count = count if count > 0 else None
@@ -189,7 +192,7 @@ class VideoSource:
     # --- reading -----------------------------------------------------------------------------------------------
     def _pace(self) -> None:
         """Recorded files played as live streams keep their native rate."""
-        rate = self.fps if self.realtime and not self.live else 0.0
+        rate = self.native_fps if self.realtime and not self.live else 0.0
         if not rate:
             return
         delay = self._next_due_s - time.monotonic()
@@ -204,7 +207,7 @@ class VideoSource:
         if self.live:
             pts_s = (now_ns - self._opened_ns) / 1e9
         else:
-            pts_s = self._index / self.fps
+            pts_s = self._index / self.native_fps
         frame = CapturedFrame(np.ascontiguousarray(pixels), self._index, pts_s, now_ns)
         self._index += 1
         return frame
@@ -215,7 +218,7 @@ class VideoSource:
         while True:
             frame = self._read_any()
             limit = self.settings.fps_limit
-            if frame is None or not limit or frame.pts_s + 0.25 / self.fps >= self._next_pts_s:
+            if frame is None or not limit or frame.pts_s + 0.25 / self.native_fps >= self._next_pts_s:
                 if frame is not None and limit:
                     self._next_pts_s = max(self._next_pts_s + 1.0 / limit, frame.pts_s + 0.75 / limit)
                 return frame

@@ -30,10 +30,14 @@ def casia_b_walk(casia_b: Path) -> np.ndarray:
     return dataset.frames(index) > 127
 
 
+# The default config analyses at most 15 frames per second: 106 of this 30 fps clip's 211 frames (0, 2, ..., 210).
+DELIVERED = 106
+
+
 def test_exits_zero_and_reports_every_frame(outdoor_run):
     done, folder = outdoor_run
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "aiog_outdoor_AB: 211 frames, ok" in done.stderr
+    assert f"aiog_outdoor_AB: {DELIVERED} frames, ok" in done.stderr
     summary = json.loads((folder.parent / "summary.json").read_text())
     assert summary["exit_code"] == 0
 
@@ -47,7 +51,7 @@ def test_two_walkers_with_walking_silhouettes(outdoor_run, casia_b: Path):
         with open(track / "000" / "000.pkl", "rb") as file:
             silhouettes = pickle.load(file)
         assert silhouettes.dtype == np.uint8 and silhouettes.shape[1:] == (64, 44)
-        assert len(silhouettes) >= 40, f"track {track.name}: {len(silhouettes)} silhouettes"
+        assert len(silhouettes) >= 20, f"track {track.name}: {len(silhouettes)} silhouettes"
         masks = silhouettes > 127
         fill = masks.mean(axis=(1, 2))
         assert fill.min() > 0.1 and fill.max() < 0.5, f"track {track.name}: foreground fraction {fill}"
@@ -56,14 +60,23 @@ def test_two_walkers_with_walking_silhouettes(outdoor_run, casia_b: Path):
         assert np.median(best_iou) > 0.5, f"track {track.name}: median IoU with a real walk {np.median(best_iou)}"
 
 
-def test_annotated_video_has_every_frame(outdoor_run):
+def test_annotated_video_has_every_frame_analysed_at_the_rate_analysed(outdoor_run):
     _, folder = outdoor_run
     capture = cv2.VideoCapture(str(folder / "annotated.mp4"))
     decoded = 0
     while capture.read()[0]:
         decoded += 1
-    assert decoded == 211
-    assert capture.get(cv2.CAP_PROP_FPS) == pytest.approx(30.0, abs=0.05)
+    assert decoded == DELIVERED  # the clip's 7 s, every frame analysed
+    assert capture.get(cv2.CAP_PROP_FPS) == pytest.approx(15.0, abs=0.05)
+    capture.release()
+
+
+def test_every_frame_with_no_rate_limit(tmp_path: Path, videos: Path):
+    done = run_pipeline("--source", str(videos / "aiog_indoor_C_short.mp4"), "--out", str(tmp_path), "--no-display",
+                        "--set", "stages.source.fps_limit=null")
+    assert done.returncode == 0 and "aiog_indoor_C_short: 83 frames, ok" in done.stderr, done.stderr[-3000:]
+    capture = cv2.VideoCapture(str(tmp_path / "aiog_indoor_C_short" / "annotated.mp4"))
+    assert capture.get(cv2.CAP_PROP_FRAME_COUNT) == 83 and capture.get(cv2.CAP_PROP_FPS) == pytest.approx(30, abs=0.05)
     capture.release()
 
 
@@ -88,7 +101,7 @@ def test_event_frames_are_frame_indices_and_never_go_back(outdoor_run):
     frames = [e["frame"] for e in events]
     assert frames == sorted(frames) and frames[0] >= 0 and frames[-1] == 210
     end = events[-1]
-    assert end["type"] == "stream_end" and end["frames"] == 211 and end["reason"] == "end"
+    assert end["type"] == "stream_end" and end["frames"] == DELIVERED and end["reason"] == "end"
     track_ids = sorted({e["track_id"] for e in events if e["type"] == "track"})
     ended = [e["track_id"] for e in events if e["type"] == "track_end"]
     assert sorted(ended) == track_ids and len(set(ended)) == len(ended)  # each track ends once: ids never reused
