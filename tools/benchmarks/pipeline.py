@@ -47,6 +47,7 @@ def _config(args: argparse.Namespace, out: Path):
         (["stages", "sink", "out_dir"], str(out)),
         (["stages", "sink", "display"], False),
         (["stages", "source", "mode"], "batch"),
+        (["stages", "source", "fps_limit"], None),  # throughput over every frame; the rate cap is `streams`' business
         (["stages", "source", "parallel_inputs"], args.repeat),
         (["runtime", "progress"], False),
     ])
