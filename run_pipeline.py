@@ -59,7 +59,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def cli_overrides(args: argparse.Namespace) -> list[tuple[list[str], object]]:
-    """Command-line flags as config overrides (paths made absolute: they are relative to where you typed them)."""
+    """Command-line flags as config overrides, only for the flags given: an absent flag leaves the config's value
+    (paths made absolute: they are relative to where you typed them)."""
     overrides = [parse_override(text) for text in args.overrides]
     streams = None
     if args.source:
@@ -74,6 +75,7 @@ def cli_overrides(args: argparse.Namespace) -> list[tuple[list[str], object]]:
         overrides.append((["streams"], streams))
     flags = {
         "stages.sink.out_dir": str(args.out.absolute()) if args.out else None,
+        "stages.sink.display": False if args.no_display else None,
         "stages.sink.save_silhouettes": True if args.save_silhouettes else None,
         "stages.match.gallery": command_line_gallery(args.gallery),
         "stages.sink.events_endpoint": args.events_endpoint,
@@ -81,7 +83,6 @@ def cli_overrides(args: argparse.Namespace) -> list[tuple[list[str], object]]:
         "runtime.log_level": args.log_level,
     }
     overrides += [(key.split("."), value) for key, value in flags.items() if value is not None]
-    overrides.append((["stages", "sink", "display"], not args.no_display))
     return overrides
 
 
