@@ -70,7 +70,6 @@ class SegmenterSettings(BaseModel):
     )
     sam_weights: Path | None = Field(None, description="Segment Anything checkpoint (.pth)")
     sam_model_type: Literal["vit_h", "vit_l", "vit_b"] = Field("vit_b", description="must match sam_weights")
-    threads: int = Field(1, ge=1, description="CPU threads for ONNX Runtime / torch")
     device: str = Field("cpu", description="'cpu' or 'cuda[:N]'")
     box_margin_ratio: float = Field(
         0.1, ge=0, description="each box side grows by this fraction of the box size: context for the network"
@@ -210,13 +209,13 @@ class HumanSegSegmenter:
 
     name = "humanseg"
 
-    def __init__(self, weights: Path, settings: SegmenterSettings) -> None:
+    def __init__(self, weights: Path, settings: SegmenterSettings, threads: int = 1) -> None:
         import onnxruntime
 
         if not weights.is_file():
             raise WeightsNotFound(f"segmenter.humanseg_weights: {weights} does not exist; use {_HUMANSEG_HINT}")
         options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = settings.threads
+        options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         providers = ["CPUExecutionProvider"]
         if settings.device.startswith("cuda"):
@@ -285,7 +284,7 @@ class SamSegmenter:
         self._threshold = settings.mask_threshold
 
     @classmethod
-    def from_weights(cls, settings: SegmenterSettings) -> SamSegmenter:
+    def from_weights(cls, settings: SegmenterSettings, threads: int = 1) -> SamSegmenter:
         """Load `sam_weights` (an official SAM `.pth` state dict) into a `sam_model_type` network on `device`.
 
         The file is read and its model type checked before the network is built, so a wrong or damaged file
@@ -298,7 +297,7 @@ class SamSegmenter:
         if weights is None or not weights.is_file():
             where = "segmenter.sam_weights is not set" if weights is None else f"{weights} does not exist"
             raise WeightsNotFound(f"segmenter.method=sam but {where}; {_SAM_HINT}")
-        torch.set_num_threads(settings.threads)
+        torch.set_num_threads(threads)
         try:
             state = torch.load(weights, map_location="cpu", weights_only=True)
         except Exception as error:  # torch raises many types for a damaged or non-torch file
@@ -368,14 +367,15 @@ class AutoSegmenter:
         return self._fallback.masks(frame_bgr, detections)
 
 
-def open_segmenter(settings: SegmenterSettings) -> Segmenter:
-    """Build the configured segmenter; missing weights for an explicit method raise `WeightsNotFound`."""
+def open_segmenter(settings: SegmenterSettings, threads: int = 1) -> Segmenter:
+    """Build the configured segmenter with `threads` CPU threads (the stage's budget, not a segmenter setting);
+    missing weights for an explicit method raise `WeightsNotFound`."""
     label_map = LabelMapSegmenter(settings.box_margin_ratio)
     if settings.method == "label_map":
         log.info("segmenter: label_map (masks from the detector)")
         return label_map
     if settings.method == "sam":
-        segmenter = SamSegmenter.from_weights(settings)
+        segmenter = SamSegmenter.from_weights(settings, threads)
         log.info(
             "segmenter: sam %s weights=%s device=%s",
             settings.sam_model_type,
@@ -389,11 +389,11 @@ def open_segmenter(settings: SegmenterSettings) -> Segmenter:
             raise WeightsNotFound(
                 f"segmenter.method=humanseg but segmenter.humanseg_weights is not set; use {_HUMANSEG_HINT}"
             )
-        log.info("segmenter: humanseg weights=%s threads=%d", weights, settings.threads)
-        return HumanSegSegmenter(weights, settings)
+        log.info("segmenter: humanseg weights=%s threads=%d", weights, threads)
+        return HumanSegSegmenter(weights, settings, threads)
     if weights is not None and weights.is_file():
         log.info("segmenter: auto: label_map when the detections carry one, else humanseg (weights=%s)", weights)
-        return AutoSegmenter(label_map, HumanSegSegmenter(weights, settings), missing="")
+        return AutoSegmenter(label_map, HumanSegSegmenter(weights, settings, threads), missing="")
     missing = "segmenter.humanseg_weights is not set" if weights is None else f"{weights} does not exist"
     log.info("segmenter: auto: label_map only (%s); frames without a label map will fail", missing)
     return AutoSegmenter(label_map, None, missing)

@@ -13,7 +13,7 @@ import difflib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import UnionType
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -44,9 +44,11 @@ ConfigPath = Annotated[Path, AfterValidator(resolve_config_path)]
 
 
 class StrictModel(BaseModel):
-    """Frozen; unknown keys are errors."""
+    """Frozen; unknown keys are errors. `replaced_keys` names the replacement of keys that were removed (dotted
+    paths below this model -> what to write instead), so an old config fails with the way forward."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    replaced_keys: ClassVar[Mapping[str, str]] = {}
 
 
 class CurveSettings(StrictModel):
@@ -119,19 +121,32 @@ def _format_location(loc: Sequence[Any]) -> str:
     return ".".join(str(part) for part in loc)
 
 
-def _fields_at(model: type[BaseModel], loc: Sequence[Any]) -> list[str]:
-    """Valid field names of the model reached by following `loc` (for 'did you mean' hints)."""
+def _model_at(model: type[BaseModel], loc: Sequence[Any]) -> type[BaseModel] | None:
+    """The model reached by following `loc` through nested model fields; None when `loc` leaves the models."""
     current: Any = model
     for part in loc:
         fields = getattr(current, "model_fields", None)
         if fields is None or part not in fields:
-            return []
+            return None
         annotation = fields[part].annotation
         candidates = [annotation, *getattr(annotation, "__args__", ())]
         current = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
-        if current is None:
-            return []
-    return list(getattr(current, "model_fields", {}))
+    return current
+
+
+def _fields_at(model: type[BaseModel], loc: Sequence[Any]) -> list[str]:
+    """Valid field names of the model reached by following `loc` (for 'did you mean' hints)."""
+    return list(getattr(_model_at(model, loc), "model_fields", {}))
+
+
+def _replacement(model: type[BaseModel], loc: Sequence[Any]) -> str | None:
+    """What replaced the removed key at `loc`, from the `replaced_keys` of the nearest model above it that knows."""
+    for depth in range(len(loc) - 1, -1, -1):
+        replaced = getattr(_model_at(model, loc[:depth]), "replaced_keys", {})
+        key = ".".join(str(part) for part in loc[depth:])
+        if key in replaced:
+            return replaced[key]
+    return None
 
 
 def format_validation_error(source: str, model: type[BaseModel], error: ValidationError,
@@ -148,7 +163,9 @@ def format_validation_error(source: str, model: type[BaseModel], error: Validati
             where = f"--set {'.'.join(key)}" + (f": {deeper}" if deeper else "")
         else:
             where = f"{source}: {_format_location(loc) or '(top level)'}"
-        if item["type"] == "extra_forbidden":
+        if item["type"] == "extra_forbidden" and (replacement := _replacement(model, loc)) is not None:
+            lines.append(f"{where}: no longer a setting: {replacement}")
+        elif item["type"] == "extra_forbidden":
             valid = _fields_at(model, loc[:-1])
             close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else (f"; valid keys: {', '.join(valid)}" if valid else "")

@@ -31,7 +31,11 @@ TRACK_ID_STRIDE = 1_000_000
 
 
 class DetectTrackConfig(StageConfig):
-    """Which detector, and when a track counts as ended. The detector's CPU threads follow `threads`."""
+    """Which detector, and when a track counts as ended. The detector's CPU threads are the stage's `threads`."""
+
+    replaced_keys = {
+        "detector.threads": "the detector runs with the stage's CPU threads: set stages.detect_track.threads",
+    }
 
     detector: DetectorSettings = Field(default_factory=DetectorSettings)
     track_end_after_s: float = Field(1.0, gt=0, description="a track unseen this long (media time) has ended")
@@ -60,8 +64,7 @@ class DetectTrackStage(Stage[DetectTrackConfig]):
 
     def open(self) -> None:
         config = self.config
-        settings = config.detector.model_copy(update={"threads": config.threads})
-        self.tracker: MultiStreamTracker = self.open_tracker(settings)
+        self.tracker: MultiStreamTracker = self.open_tracker(config.detector)
         self.id_offset = self.context.incarnation * TRACK_ID_STRIDE
         self.streams: dict[str, _StreamTracks] = {}
         self.next_ids: dict[str, int] = {}  # survives a stream's end: ids are never reused within a stream
@@ -69,7 +72,7 @@ class DetectTrackStage(Stage[DetectTrackConfig]):
 
     def open_tracker(self, settings: DetectorSettings) -> MultiStreamTracker:
         """The detector + tracker this stage drives (a tool may substitute recorded detections)."""
-        return open_tracker(settings)
+        return open_tracker(settings, threads=self.config.threads)
 
     def process_batch(self, records: list[FrameRecord]) -> list[DataMessage]:
         detections = self.tracker.update([(r.stream_id, r.frame.pixels) for r in records])

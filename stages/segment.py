@@ -24,7 +24,12 @@ from pipeline.stage import Stage
 
 
 class SegmentConfig(StageConfig):
-    """Where masks come from and which masks are good enough to become silhouettes."""
+    """Where masks come from and which masks are good enough to become silhouettes. The segmenter's CPU threads are
+    the stage's `threads`."""
+
+    replaced_keys = {
+        "segmenter.threads": "the segmenter runs with the stage's CPU threads: set stages.segment.threads",
+    }
 
     segmenter: SegmenterSettings = Field(default_factory=SegmenterSettings)
     min_height_px: int = Field(48, ge=8, description="shortest person (mask rows, source pixels) worth using")
@@ -50,7 +55,7 @@ class SegmentStage(Stage[SegmentConfig]):
 
     def open(self) -> None:
         config = self.config
-        self.segmenter: Segmenter = open_segmenter(config.segmenter.model_copy(update={"threads": config.threads}))
+        self.segmenter: Segmenter = open_segmenter(config.segmenter, threads=config.threads)
         self.quality = MaskQuality(min_fill_ratio=config.min_fill_ratio, min_largest_share=config.min_largest_share,
                                    min_height_ratio=config.min_height_ratio)
 

@@ -30,7 +30,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -107,8 +107,8 @@ class CachingTracker:
     """A `MultiStreamTracker` that replays a clip's cached detections, or runs the real detector (opened on first
     need) and records them for next time; `begin` names the clip of a stream before its first frame."""
 
-    def __init__(self, settings: Any, cache: DetectionCache) -> None:
-        self.settings = settings
+    def __init__(self, open_real: Callable[[], Any], cache: DetectionCache) -> None:
+        self.open_real = open_real
         self.cache = cache
         self.real: Any = None
         self.backend = "cached"
@@ -130,9 +130,7 @@ class CachingTracker:
                 out[i] = self.replay[stream].pop()
         if live:
             if self.real is None:
-                from engines.detect import open_tracker
-
-                self.real = open_tracker(self.settings)
+                self.real = self.open_real()
             for i, found in zip(live, self.real.update([frames[i] for i in live])):
                 out[i] = found
                 self.recording[frames[i][0]][1].append(found)
@@ -153,7 +151,7 @@ class CachedDetectTrack(DetectTrackStage):
     cache: DetectionCache
 
     def open_tracker(self, settings: Any) -> Any:
-        return CachingTracker(settings, self.cache)
+        return CachingTracker(lambda: DetectTrackStage.open_tracker(self, settings), self.cache)
 
 
 class WildRun:

@@ -115,13 +115,12 @@ class DetectorSettings(BaseModel):
         "track_high_thresh); weaker boxes down to 0.1 only keep existing tracks alive",
     )
     device: str = Field("cpu", description="'cpu', 'cuda', 'cuda:0' (YOLO .pt/.onnx only)")
-    threads: int = Field(1, ge=1, description="CPU threads for inference (torch, LiteRT/XNNPACK, ONNX Runtime, OpenCV)")
     workers: int = Field(
         1,
         ge=1,
         le=16,
         description="yolo: model instances predicting side by side over the frames the stage holds (each with "
-        "`threads`); tracking stays in frame order. Frames in flight are what a pipeline has over a loop",
+        "the stage's `threads`); tracking stays in frame order. Frames in flight are what a pipeline has over a loop",
     )
     max_lost_frames: int = Field(
         30,
@@ -202,13 +201,14 @@ def _ultralytics_weights_dir() -> Path:
     return ultralytics_weights_dir()
 
 
-def open_tracker(config: DetectorSettings) -> MultiStreamTracker:
-    """Build the configured backend; `auto` logs one line saying which it chose and why.
+def open_tracker(config: DetectorSettings, threads: int = 1) -> MultiStreamTracker:
+    """Build the configured backend with `threads` CPU threads per model instance (torch, LiteRT/XNNPACK, ONNX
+    Runtime, OpenCV: the stage's budget, not a detector setting); `auto` logs one line saying which it chose and why.
 
     Raises `WeightsNotFound` for an explicit `yolo` without local weights, naming every place looked in.
     """
     if config.backend == "bgsub":
-        return _open_bgsub(config, reason="configured")
+        return _open_bgsub(config, threads, reason="configured")
     search = find_weights(config.weights)
     if search.found is None:
         looked = ", ".join(str(p) for p in search.looked_in) or "no candidates configured"
@@ -219,10 +219,10 @@ def open_tracker(config: DetectorSettings) -> MultiStreamTracker:
                 "downloads at run time, so list a local file in detector.weights, e.g. from "
                 f"{SHARED_MODELS_HINT}"
             )
-        return _open_bgsub(config, reason=f"yolo weights not found (looked in: {looked})")
+        return _open_bgsub(config, threads, reason=f"yolo weights not found (looked in: {looked})")
     from engines.detect.yolo import YoloTracker
 
-    tracker = YoloTracker(search.found, config)
+    tracker = YoloTracker(search.found, config, threads)
     log.info(
         "detector: yolo (%s) weights=%s task=%s imgsz=%s tracker=%s threads=%d",
         "configured" if config.backend == "yolo" else "auto: weights found",
@@ -230,13 +230,13 @@ def open_tracker(config: DetectorSettings) -> MultiStreamTracker:
         tracker.task,
         tracker.imgsz_px,
         config.tracker,
-        config.threads,
+        threads,
     )
     return tracker
 
 
-def _open_bgsub(config: DetectorSettings, *, reason: str) -> MultiStreamTracker:
+def _open_bgsub(config: DetectorSettings, threads: int, *, reason: str) -> MultiStreamTracker:
     from engines.detect.bgsub import BgsubTracker
 
     log.info("detector: %s; using bgsub (%s, work_scale=%.2f)", reason, config.method, config.work_scale)
-    return BgsubTracker(config)
+    return BgsubTracker(config, threads)

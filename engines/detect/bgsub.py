@@ -238,12 +238,12 @@ class BgsubTracker:
 
     backend = "bgsub"
 
-    def __init__(self, settings: DetectorSettings) -> None:
+    def __init__(self, settings: DetectorSettings, threads: int = 1) -> None:
         self._settings = settings
         self._params = BlobParams.from_settings(settings)
         self._streams: dict[str, _StreamState] = {}
         self._last_ids: dict[str, int] = {}  # survives end_stream so a restarted stream never reuses an id
-        cv2.setNumThreads(settings.threads)
+        cv2.setNumThreads(threads)
 
     def update(self, frames: Sequence[tuple[str, NDArray[np.uint8]]]) -> list[Detections]:
         """Each frame updates its own stream's background model and tracker, in order."""

@@ -75,9 +75,10 @@ class YoloTracker:
 
     backend = "yolo"
 
-    def __init__(self, weights: Path, settings: DetectorSettings) -> None:
+    def __init__(self, weights: Path, settings: DetectorSettings, threads: int = 1) -> None:
         ultralytics = _offline_ultralytics()
         self._settings = settings
+        self._threads = threads
         self._weights = weights
         metadata = _read_metadata(weights)
         self.imgsz_px = _input_size_px(weights, metadata, settings.imgsz_px)
@@ -181,7 +182,7 @@ class YoloTracker:
         from ultralytics.nn.backends.litert import LiteRTBackend
         from ultralytics.nn.backends.onnx import ONNXBackend
 
-        threads = self._settings.threads
+        threads = self._threads
         torch.set_num_threads(threads)
         cv2.setNumThreads(threads)
         runtime = model.predictor.model.backend

@@ -92,3 +92,20 @@ def test_files_played_as_cameras_get_a_source_process_each(videos: Path):
         finally:
             shutil.rmtree(supervisor.run_dir, ignore_errors=True)
         assert len(lanes) == sources, (mode, lanes)
+
+
+@pytest.mark.parametrize(("key", "replacement"), [
+    ("stages.detect_track.detector.threads", "stages.detect_track.threads"),
+    ("stages.segment.segmenter.threads", "stages.segment.threads"),
+])
+def test_a_removed_key_names_its_replacement(model, tmp_path: Path, key: str, replacement: str):
+    """One `threads` per stage: the engines' own copies were overwritten by it, so setting them did nothing."""
+    *sections, leaf = key.split(".")
+    path = tmp_path / "old.yaml"
+    path.write_text("".join(f"{'  ' * i}{part}:\n" for i, part in enumerate(sections)) + f"{'  ' * len(sections)}"
+                    f"{leaf}: 4\n")
+    for overrides, where in (([], f"{path}: {key}"), ([parse_override(f"{key}=4")], f"--set {key}")):
+        with pytest.raises(ConfigError) as error:
+            load_config(model, path if not overrides else None, overrides)
+        message = str(error.value)
+        assert message.startswith(f"{where}: no longer a setting") and replacement in message, message
