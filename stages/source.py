@@ -33,6 +33,9 @@ VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".web
 LIVE_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
 # Containers' declared frame counts are estimates (from duration x rate) and may be off by a frame or two.
 TRUNCATION_TOLERANCE_FRAMES = 2
+# Rates outside this range are not a camera's (0: the input does not say; 90000: an RTSP clock rate).
+PLAUSIBLE_FPS = (0.5, 1000.0)
+ASSUMED_FPS = 25.0
 _ROTATIONS = {"cw90": cv2.ROTATE_90_CLOCKWISE, "ccw90": cv2.ROTATE_90_COUNTERCLOCKWISE, "180": cv2.ROTATE_180}
 
 
@@ -139,6 +142,7 @@ class VideoSource:
         self._next_due_s = 0.0
         self._next_pts_s = 0.0  # media time from which the next frame is delivered (fps_limit)
         self._pass_start = 0  # index of the first frame of the current pass over a looped file
+        self._warned_fps = False
 
     # --- opening -----------------------------------------------------------------------------------------------
     def _capture_args(self) -> tuple[str | int, int, list[int]]:
@@ -162,14 +166,30 @@ class VideoSource:
             capture.release()
             return "not a video, or a codec OpenCV's FFmpeg cannot decode" if not self.live else "cannot connect"
         self._capture = capture
-        fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
-        self.native_fps = fps if 0.5 < fps < 1000 else 25.0
+        self.native_fps = self._native_fps(float(capture.get(cv2.CAP_PROP_FPS) or 0.0))
         limit = self.settings.fps_limit
         self.fps = min(self.native_fps, limit) if limit else self.native_fps
         if not self.live:
             count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
             self.frame_count = count if count > 0 else None
         return None
+
+    def _native_fps(self, reported: float) -> float:
+        """The rate the input reports, or `ASSUMED_FPS` with a warning when that is implausible.
+
+        Not an error: cameras that report 0 or an RTSP clock rate still deliver frames, and refusing them would take
+        a working camera offline. Not silent either: media time, the annotated video's rate and the tracker's
+        frames per track lifetime all follow this rate, so the operator is told which rate was assumed (once per
+        input, not on every reconnect).
+        """
+        low, high = PLAUSIBLE_FPS
+        if low < reported < high:
+            return reported
+        if not self._warned_fps:
+            self._warned_fps = True
+            log.warning("stream=%s reports %g frames per second, not a plausible rate: assuming %g (media time, "
+                        "the annotated video and track lifetimes follow it)", self.stream_id, reported, ASSUMED_FPS)
+        return ASSUMED_FPS
 
     def open(self) -> None:
         attempts = 1 if not self.live else self.settings.initial_connect_attempts

@@ -75,3 +75,26 @@ def test_fps_limit_delivers_evenly_spaced_frames_of_a_file(short_clip: Path, lim
     gaps = np.diff([frame.pts_s for frame in frames])
     assert gaps.min() >= 1 / limit - 1e-6 or limit >= 30
     assert frames[0].index == 0
+
+
+@pytest.mark.parametrize("reported", [0.25, 2000.0])
+def test_an_implausible_frame_rate_is_replaced_with_a_warning(tmp_path: Path, caplog, reported: float):
+    """A rate no camera has is not trusted, and the operator is told which rate was assumed instead."""
+    import cv2
+
+    clip = tmp_path / "odd.mp4"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), reported, (64, 48))
+    for value in range(5):
+        writer.write(np.full((48, 64, 3), value * 40, np.uint8))
+    writer.release()
+    with caplog.at_level("WARNING", logger="stages.source"):
+        source = open_source(clip, realtime=False)
+    try:
+        frames = [source.read() for _ in range(2)]
+    finally:
+        source.close()
+    assert source.native_fps == source.fps == 25.0
+    assert frames[1].pts_s == pytest.approx(1 / 25.0)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and f"reports {reported:g} frames per second" in warnings[0] \
+        and "assuming 25" in warnings[0] and "stream=c" in warnings[0]
