@@ -3,8 +3,10 @@
 The computation lives in `engines.detect` (YOLO + ByteTrack/BoT-SORT, or background subtraction + its own
 tracker); this stage batches frames from all streams into one detector call, stitches tracker fragments of one walk
 into one track (`engines.detect.stitch`), keeps track ids unique per stream and never reused (across tracker resets
-and its own restarts), and marks a track as ended once it has been unseen for `track_end_after_s` of media time
-(or when its stream ends).
+and its own restarts), and marks a track as ended once it has been unseen for `track_lifetime_s` of media time
+(or when its stream ends). That one lifetime also sets how many frames the tracker keeps an unseen person's id
+(with the rate each stream delivers, `FrameRecord.fps`) and how long a lost walk may still be stitched, so the
+tracker, the stitcher and the track's end agree on when a walk is over.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import Field, ValidationInfo, field_validator
 
-from engines.detect import DetectorSettings, MultiStreamTracker, open_tracker
+from engines.detect import DEFAULT_TRACK_LIFETIME_S, DetectorSettings, MultiStreamTracker, StreamFrame, open_tracker
 from engines.detect.stitch import TrackStitcher
 from pipeline.config import StageConfig, resolve_config_path
 from pipeline.messages import DataMessage, EndOfStream, FrameRecord, Tracks
@@ -35,10 +37,16 @@ class DetectTrackConfig(StageConfig):
 
     replaced_keys = {
         "detector.threads": "the detector runs with the stage's CPU threads: set stages.detect_track.threads",
+        "track_end_after_s": "set stages.detect_track.track_lifetime_s (seconds), the one track lifetime",
+        "detector.max_lost_frames": "set stages.detect_track.track_lifetime_s (seconds), the one track lifetime; "
+        "the tracker's frames follow from it and the stream's frame rate",
     }
 
     detector: DetectorSettings = Field(default_factory=DetectorSettings)
-    track_end_after_s: float = Field(1.0, gt=0, description="a track unseen this long (media time) has ended")
+    track_lifetime_s: float = Field(
+        DEFAULT_TRACK_LIFETIME_S, gt=0, description="a person unseen this long (media time) has left: the track "
+        "ends, the tracker drops the id (this many seconds of the stream's frames), and a lost walk can no longer "
+        "be stitched")
     stitch_fragments: bool = Field(True, description="continue a lost walk when a new tracker id appears where "
                                    "and at the size it should be")
 
@@ -72,17 +80,17 @@ class DetectTrackStage(Stage[DetectTrackConfig]):
 
     def open_tracker(self, settings: DetectorSettings) -> MultiStreamTracker:
         """The detector + tracker this stage drives (a tool may substitute recorded detections)."""
-        return open_tracker(settings, threads=self.config.threads)
+        return open_tracker(settings, threads=self.config.threads, track_lifetime_s=self.config.track_lifetime_s)
 
     def process_batch(self, records: list[FrameRecord]) -> list[DataMessage]:
-        detections = self.tracker.update([(r.stream_id, r.frame.pixels) for r in records])
+        detections = self.tracker.update([StreamFrame(r.stream_id, r.frame.pixels, r.fps) for r in records])
         return [self._annotate(record, found) for record, found in zip(records, detections)]
 
     def _stream(self, stream_id: str) -> _StreamTracks:
         config = self.config
         state = self.streams.get(stream_id)
         if state is None:
-            gap = config.track_end_after_s if config.stitch_fragments else 0.0
+            gap = config.track_lifetime_s if config.stitch_fragments else 0.0
             first = self.next_ids.get(stream_id, self.id_offset + 1)
             state = self.streams[stream_id] = _StreamTracks(TrackStitcher(max_gap_s=gap, first_id=first))
         return state
@@ -100,7 +108,7 @@ class DetectTrackStage(Stage[DetectTrackConfig]):
                 log.info("track started stream=%s track=%d seq=%d", record.stream_id, track_id, record.seq)
                 self.context.metrics.inc("tracks_started_total")
             state.last_seen_s[track_id] = record.pts_s
-        ended = sorted(t for t, seen in state.last_seen_s.items() if record.pts_s - seen > config.track_end_after_s)
+        ended = sorted(t for t, seen in state.last_seen_s.items() if record.pts_s - seen > config.track_lifetime_s)
         for track_id in ended:
             del state.last_seen_s[track_id]
             state.stitcher.forget(track_id)

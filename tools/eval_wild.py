@@ -68,7 +68,8 @@ class DetectionCache:
         self.folder = folder
         settings = {"source": config.stages.source.model_dump(mode="json"),
                     "detector": config.stages.detect_track.detector.model_dump(mode="json"),
-                    "threads": config.stages.detect_track.threads, "version": CACHE_VERSION}
+                    "threads": config.stages.detect_track.threads,
+                    "track_lifetime_s": config.stages.detect_track.track_lifetime_s, "version": CACHE_VERSION}
         self._settings = json.dumps(settings, sort_keys=True)
 
     def path(self, clip: Path) -> Path | None:
@@ -124,16 +125,16 @@ class CachingTracker:
 
     def update(self, frames: Any) -> list[Detections]:
         out: list[Detections | None] = [None] * len(frames)
-        live = [i for i, (stream, _) in enumerate(frames) if stream not in self.replay]
-        for i, (stream, _) in enumerate(frames):
-            if stream in self.replay:
-                out[i] = self.replay[stream].pop()
+        live = [i for i, frame in enumerate(frames) if frame.stream_id not in self.replay]
+        for i, frame in enumerate(frames):
+            if frame.stream_id in self.replay:
+                out[i] = self.replay[frame.stream_id].pop()
         if live:
             if self.real is None:
                 self.real = self.open_real()
             for i, found in zip(live, self.real.update([frames[i] for i in live])):
                 out[i] = found
-                self.recording[frames[i][0]][1].append(found)
+                self.recording[frames[i].stream_id][1].append(found)
         return out  # type: ignore[return-value]
 
     def end_stream(self, stream_id: str) -> None:

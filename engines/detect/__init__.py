@@ -13,10 +13,11 @@ Must not import `pipeline` or `stages`.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal, NamedTuple, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -27,6 +28,20 @@ from engines.errors import WeightsNotFound
 log = logging.getLogger(__name__)
 
 SHARED_MODELS_HINT = "../shared/assets/models/ (e.g. yolo11n-seg_int8.tflite)"
+
+DEFAULT_TRACK_LIFETIME_S = 1.0
+"""How long a person may go unseen before their track ends: half a gait cycle's worth of occlusion and then some,
+short enough that someone who left and came back is a new walk."""
+
+
+def lost_frames(track_lifetime_s: float, fps: float) -> int:
+    """A track lifetime in a stream's frames: what the trackers count (ByteTrack's `track_buffer`, bgsub's misses).
+
+    Trackers count frames, people and the detect_track stage count seconds; deriving one from the other with the
+    rate the stream delivers (not its native rate: `fps_limit` skips frames) keeps a tracker id alive exactly as long
+    as the stage keeps the track.
+    """
+    return max(1, math.ceil(track_lifetime_s * fps - 1e-9))
 
 
 @dataclass(frozen=True)
@@ -75,13 +90,25 @@ class Detections:
         return len(self.track_ids)
 
 
+class StreamFrame(NamedTuple):
+    """One frame for a tracker: its stream, its pixels, and the rate that stream delivers frames at."""
+
+    stream_id: str
+    pixels: NDArray[np.uint8]  # BGR (H, W, 3)
+    fps: float  # frames per second as delivered: turns the track lifetime into the tracker's frames
+
+
 class MultiStreamTracker(Protocol):
-    """Detects people and tracks them, one tracker state per stream; frames of one stream arrive in order."""
+    """Detects people and tracks them, one tracker state per stream; frames of one stream arrive in order.
+
+    A stream's tracker keeps an unseen person's id for `lost_frames(track_lifetime_s, fps)` frames, with the rate
+    of that stream's first frame.
+    """
 
     backend: str  # "yolo" or "bgsub"
 
-    def update(self, frames: Sequence[tuple[str, NDArray[np.uint8]]]) -> list[Detections]:
-        """(stream_id, BGR (H, W, 3) uint8 frame) pairs -> one `Detections` per pair, in the same order."""
+    def update(self, frames: Sequence[StreamFrame]) -> list[Detections]:
+        """One `Detections` per frame, in the same order."""
         ...
 
     def end_stream(self, stream_id: str) -> None:
@@ -121,11 +148,6 @@ class DetectorSettings(BaseModel):
         le=16,
         description="yolo: model instances predicting side by side over the frames the stage holds (each with "
         "the stage's `threads`); tracking stays in frame order. Frames in flight are what a pipeline has over a loop",
-    )
-    max_lost_frames: int = Field(
-        30,
-        ge=0,
-        description="a track unseen this many frames ends (ByteTrack's track_buffer; bgsub's track death)",
     )
 
     method: Literal["mog2", "knn"] = Field("knn", description="bgsub: OpenCV background model")
@@ -201,14 +223,16 @@ def _ultralytics_weights_dir() -> Path:
     return ultralytics_weights_dir()
 
 
-def open_tracker(config: DetectorSettings, threads: int = 1) -> MultiStreamTracker:
+def open_tracker(config: DetectorSettings, threads: int = 1,
+                 track_lifetime_s: float = DEFAULT_TRACK_LIFETIME_S) -> MultiStreamTracker:
     """Build the configured backend with `threads` CPU threads per model instance (torch, LiteRT/XNNPACK, ONNX
-    Runtime, OpenCV: the stage's budget, not a detector setting); `auto` logs one line saying which it chose and why.
+    Runtime, OpenCV) and ids kept `track_lifetime_s` seconds for an unseen person; both are the detect_track stage's
+    settings, not the detector's. `auto` logs one line saying which backend it chose and why.
 
     Raises `WeightsNotFound` for an explicit `yolo` without local weights, naming every place looked in.
     """
     if config.backend == "bgsub":
-        return _open_bgsub(config, threads, reason="configured")
+        return _open_bgsub(config, threads, track_lifetime_s, reason="configured")
     search = find_weights(config.weights)
     if search.found is None:
         looked = ", ".join(str(p) for p in search.looked_in) or "no candidates configured"
@@ -219,10 +243,10 @@ def open_tracker(config: DetectorSettings, threads: int = 1) -> MultiStreamTrack
                 "downloads at run time, so list a local file in detector.weights, e.g. from "
                 f"{SHARED_MODELS_HINT}"
             )
-        return _open_bgsub(config, threads, reason=f"yolo weights not found (looked in: {looked})")
+        return _open_bgsub(config, threads, track_lifetime_s, reason=f"yolo weights not found (looked in: {looked})")
     from engines.detect.yolo import YoloTracker
 
-    tracker = YoloTracker(search.found, config, threads)
+    tracker = YoloTracker(search.found, config, threads, track_lifetime_s)
     log.info(
         "detector: yolo (%s) weights=%s task=%s imgsz=%s tracker=%s threads=%d",
         "configured" if config.backend == "yolo" else "auto: weights found",
@@ -235,8 +259,9 @@ def open_tracker(config: DetectorSettings, threads: int = 1) -> MultiStreamTrack
     return tracker
 
 
-def _open_bgsub(config: DetectorSettings, threads: int, *, reason: str) -> MultiStreamTracker:
+def _open_bgsub(config: DetectorSettings, threads: int, track_lifetime_s: float, *,
+                reason: str) -> MultiStreamTracker:
     from engines.detect.bgsub import BgsubTracker
 
     log.info("detector: %s; using bgsub (%s, work_scale=%.2f)", reason, config.method, config.work_scale)
-    return BgsubTracker(config, threads)
+    return BgsubTracker(config, threads, track_lifetime_s)

@@ -6,7 +6,8 @@ This is how CASIA-B's own silhouettes were made, and it needs no weights. Per fr
 3. Connected components; fragments stacked vertically (head/torso split from legs by a similar-coloured
    background) are merged into one blob; blobs are kept when area, height and width/height look like a person.
 4. `BlobTracker`: predicted-box IoU + centre distance, one Hungarian assignment (`lap.lapjv`); a blob gets an
-   id only after `min_hits_frames` consecutive frames; a track ends after `max_lost_frames` unseen frames.
+   id only after `min_hits_frames` consecutive frames; a track ends after the track lifetime's worth of unseen
+   frames (`lost_frames`, from the stream's frame rate).
 The label map comes from the kept components, so segmentation needs no second model.
 Must not import `pipeline` or `stages`.
 """
@@ -22,7 +23,7 @@ import lap
 import numpy as np
 from numpy.typing import NDArray
 
-from engines.detect import Detections, DetectorSettings
+from engines.detect import DEFAULT_TRACK_LIFETIME_S, Detections, DetectorSettings, StreamFrame, lost_frames
 
 log = logging.getLogger(__name__)
 
@@ -148,10 +149,10 @@ class BlobTracker:
     match.
     """
 
-    def __init__(self, settings: DetectorSettings, first_id: int = 1) -> None:
+    def __init__(self, settings: DetectorSettings, max_lost_frames: int, first_id: int = 1) -> None:
         self._max_distance_px = settings.max_match_distance_px
         self._min_hits = settings.min_hits_frames
-        self._max_lost = settings.max_lost_frames
+        self.max_lost_frames = max_lost_frames
         self._next_id = first_id
         self._tracks: list[_BlobTrack] = []
 
@@ -180,7 +181,7 @@ class BlobTracker:
             if t in matched_tracks or track.track_id == 0:
                 continue  # an unmatched tentative track was noise
             track.misses += 1
-            if track.misses <= self._max_lost:
+            if track.misses <= self.max_lost_frames:
                 survivors.append(track)
             else:
                 log.debug("track ended track_id=%d", track.track_id)
@@ -238,28 +239,32 @@ class BgsubTracker:
 
     backend = "bgsub"
 
-    def __init__(self, settings: DetectorSettings, threads: int = 1) -> None:
+    def __init__(self, settings: DetectorSettings, threads: int = 1,
+                 track_lifetime_s: float = DEFAULT_TRACK_LIFETIME_S) -> None:
         self._settings = settings
+        self._track_lifetime_s = track_lifetime_s
         self._params = BlobParams.from_settings(settings)
         self._streams: dict[str, _StreamState] = {}
         self._last_ids: dict[str, int] = {}  # survives end_stream so a restarted stream never reuses an id
         cv2.setNumThreads(threads)
 
-    def update(self, frames: Sequence[tuple[str, NDArray[np.uint8]]]) -> list[Detections]:
+    def update(self, frames: Sequence[StreamFrame]) -> list[Detections]:
         """Each frame updates its own stream's background model and tracker, in order."""
-        return [self._update_stream(stream_id, frame) for stream_id, frame in frames]
+        return [self._update_stream(StreamFrame(*frame)) for frame in frames]
 
     def end_stream(self, stream_id: str) -> None:
         state = self._streams.pop(stream_id, None)
         if state is not None:
             self._last_ids[stream_id] = state.tracker.last_id
 
-    def _update_stream(self, stream_id: str, frame: NDArray[np.uint8]) -> Detections:
+    def _update_stream(self, stream_frame: StreamFrame) -> Detections:
+        stream_id, frame = stream_frame.stream_id, stream_frame.pixels
         state = self._streams.get(stream_id)
         if state is None:
             state = _StreamState(
                 self._new_subtractor(),
-                BlobTracker(self._settings, first_id=self._last_ids.get(stream_id, 0) + 1),
+                BlobTracker(self._settings, lost_frames(self._track_lifetime_s, stream_frame.fps),
+                            first_id=self._last_ids.get(stream_id, 0) + 1),
             )
             self._streams[stream_id] = state
         height, width = frame.shape[:2]

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from engines.detect import Detections, DetectorSettings
+from engines.detect import DEFAULT_TRACK_LIFETIME_S, Detections, DetectorSettings, StreamFrame, lost_frames
 from engines.errors import BackendUnavailable, EngineError
 
 log = logging.getLogger(__name__)
@@ -75,10 +75,12 @@ class YoloTracker:
 
     backend = "yolo"
 
-    def __init__(self, weights: Path, settings: DetectorSettings, threads: int = 1) -> None:
+    def __init__(self, weights: Path, settings: DetectorSettings, threads: int = 1,
+                 track_lifetime_s: float = DEFAULT_TRACK_LIFETIME_S) -> None:
         ultralytics = _offline_ultralytics()
         self._settings = settings
         self._threads = threads
+        self._track_lifetime_s = track_lifetime_s
         self._weights = weights
         metadata = _read_metadata(weights)
         self.imgsz_px = _input_size_px(weights, metadata, settings.imgsz_px)
@@ -113,11 +115,11 @@ class YoloTracker:
         self._warm_up(model)
         return model
 
-    def update(self, frames: Sequence[tuple[str, NDArray[np.uint8]]]) -> list[Detections]:
+    def update(self, frames: Sequence[StreamFrame]) -> list[Detections]:
         """Detect in all frames (split over the workers), then advance each stream's tracker in frame order."""
         if not frames:
             return []
-        images = [frame for _, frame in frames]
+        images = [frame.pixels for frame in frames]
         if self._pool is None or len(images) == 1:
             results = self._model.predict(images, **self._predict_kwargs)
         else:
@@ -125,26 +127,25 @@ class YoloTracker:
             futures = [self._pool.submit(model.predict, [images[i] for i in chunk], **self._predict_kwargs)
                        for model, chunk in zip(self._models, chunks)]
             results = [result for future in futures for result in future.result()]
-        return [
-            self._track(stream_id, frame, result) for (stream_id, frame), result in zip(frames, results, strict=True)
-        ]
+        return [self._track(StreamFrame(*frame), result) for frame, result in zip(frames, results, strict=True)]
 
     def end_stream(self, stream_id: str) -> None:
         stream = self._streams.pop(stream_id, None)
         if stream is not None:
             self._last_ids[stream_id] = stream.last_id
 
-    def _track(self, stream_id: str, frame: NDArray[np.uint8], result: Any) -> Detections:
-        stream = self._streams.get(stream_id)
+    def _track(self, frame: StreamFrame, result: Any) -> Detections:
+        stream = self._streams.get(frame.stream_id)
         if stream is None:
-            offset = self._last_ids.get(stream_id, 0)
-            stream = _StreamTracker(self._new_tracker(), id_offset=offset, last_id=offset)
-            self._streams[stream_id] = stream
+            offset = self._last_ids.get(frame.stream_id, 0)
+            tracker = new_stream_tracker(self._settings.tracker, self._tracker_args,
+                                         lost_frames(self._track_lifetime_s, frame.fps))
+            stream = self._streams[frame.stream_id] = _StreamTracker(tracker, id_offset=offset, last_id=offset)
         boxes = result.boxes.cpu().numpy()
         # Rows are [x1, y1, x2, y2, track_id, score, cls, idx]; idx indexes this frame's detections.
-        rows = stream.tracker.update(boxes, frame)
+        rows = stream.tracker.update(boxes, frame.pixels)
         if len(rows) == 0:
-            return Detections.empty(self._empty_label_map(frame))
+            return Detections.empty(self._empty_label_map(frame.pixels))
         det_index, first = np.unique(rows[:, -1].astype(np.int64), return_index=True)
         track_ids = rows[first, 4].astype(np.int64) + stream.id_offset
         stream.last_id = max(stream.last_id, int(track_ids.max()))
@@ -158,12 +159,6 @@ class YoloTracker:
 
     def _empty_label_map(self, frame: NDArray[np.uint8]) -> NDArray[np.uint8] | None:
         return np.zeros(frame.shape[:2], np.uint8) if self.task == "segment" else None
-
-    def _new_tracker(self) -> Any:
-        from ultralytics.trackers.bot_sort import BOTSORT
-        from ultralytics.trackers.byte_tracker import BYTETracker
-
-        return (BOTSORT if self._settings.tracker == "botsort" else BYTETracker)(args=self._tracker_args)
 
     def _warm_up(self, model: Any) -> None:
         """One predict on a blank frame: builds the predictor (loads the runtime); load errors surface now."""
@@ -255,18 +250,30 @@ def _input_size_px(weights: Path, metadata: dict[str, Any], requested: int | Non
     return exported_hw or (_DEFAULT_IMGSZ_PX, _DEFAULT_IMGSZ_PX)
 
 
+def new_stream_tracker(kind: str, args: Any, lost_frames: int) -> Any:
+    """A ByteTrack / BoT-SORT for one stream that keeps an unseen person's id `lost_frames` frames (`track_buffer`)."""
+    _offline_ultralytics()
+    from ultralytics.trackers.bot_sort import BOTSORT
+    from ultralytics.trackers.byte_tracker import BYTETracker
+    from ultralytics.utils import IterableSimpleNamespace
+
+    stream_args = IterableSimpleNamespace(**{**vars(args), "track_buffer": lost_frames})
+    return (BOTSORT if kind == "botsort" else BYTETracker)(args=stream_args)
+
+
 def _tracker_args(settings: DetectorSettings) -> Any:
-    """Ultralytics' tracker defaults from its own YAML, with confidence and track lifetime from our settings.
+    """Ultralytics' tracker defaults from its own YAML, with confidence from our settings (the track buffer is set
+    per stream, from its frame rate: `new_stream_tracker`).
 
     As in Ultralytics' `model.track()` (which predicts at conf 0.1), the model reports boxes down to
     `track_low_thresh`: ByteTrack starts and first-matches tracks only with boxes of at least `conf`, and uses the
     weaker ones in a second association that keeps a walker's track through a partly occluded frame.
     """
+    _offline_ultralytics()
     from ultralytics.utils import YAML, IterableSimpleNamespace
     from ultralytics.utils.checks import check_yaml
 
     args = YAML.load(check_yaml(f"{settings.tracker}.yaml"))
-    args["track_buffer"] = settings.max_lost_frames
     args["track_high_thresh"] = args["new_track_thresh"] = settings.conf
     args["track_low_thresh"] = min(args["track_low_thresh"], settings.conf)
     if settings.tracker == "botsort":

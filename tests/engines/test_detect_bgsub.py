@@ -9,11 +9,12 @@ import cv2
 import numpy as np
 import pytest
 
-from engines.detect import Detections, DetectorSettings, open_tracker
+from engines.detect import Detections, DetectorSettings, StreamFrame, open_tracker
 from engines.detect.bgsub import BlobParams, BlobTracker, find_blobs
 from engines.segment import LabelMapSegmenter, pretreat_track_mask
 
 SETTINGS = DetectorSettings(backend="bgsub", work_scale=1.0)
+FPS = 30.0  # the shared clips' rate
 
 
 def _box(x1: float, y1: float, width: float = 60, height: float = 180) -> np.ndarray:
@@ -54,8 +55,8 @@ def test_shadow_pixels_are_not_foreground() -> None:
 
 
 def test_track_is_born_after_min_hits_and_dies_after_max_lost() -> None:
-    settings = SETTINGS.model_copy(update={"min_hits_frames": 3, "max_lost_frames": 2})
-    tracker = BlobTracker(settings)
+    settings = SETTINGS.model_copy(update={"min_hits_frames": 3})
+    tracker = BlobTracker(settings, max_lost_frames=2)
     assert tracker.update(_box(100, 100)) == []
     assert tracker.update(_box(110, 100)) == []
     assert tracker.update(_box(120, 100)) == [(0, 1)]  # third consecutive frame: id 1
@@ -70,14 +71,14 @@ def test_track_is_born_after_min_hits_and_dies_after_max_lost() -> None:
 
 
 def test_noise_that_does_not_persist_never_gets_an_id() -> None:
-    tracker = BlobTracker(SETTINGS.model_copy(update={"min_hits_frames": 3}))
+    tracker = BlobTracker(SETTINGS.model_copy(update={"min_hits_frames": 3}), max_lost_frames=30)
     for x in (100, 400, 100, 400):  # alternating far-apart blobs never match twice in a row
         assert tracker.update(_box(x, 100)) == []
     assert tracker.last_id == 0
 
 
 def test_two_walkers_keep_their_ids_when_listed_in_either_order() -> None:
-    tracker = BlobTracker(SETTINGS.model_copy(update={"min_hits_frames": 1}))
+    tracker = BlobTracker(SETTINGS.model_copy(update={"min_hits_frames": 1}), max_lost_frames=30)
     first = tracker.update(np.concatenate([_box(100, 100), _box(400, 100)]))
     assert first == [(0, 1), (1, 2)]
     swapped = tracker.update(np.concatenate([_box(405, 100), _box(105, 100)]))
@@ -90,11 +91,11 @@ def test_ended_stream_continues_its_ids() -> None:
     walker = blank.copy()
     walker[100:300, 120:180] = 255
     for frame in (blank, blank, walker):
-        found = tracker.update([("cam", frame)])[0]
+        found = tracker.update([StreamFrame("cam", frame, FPS)])[0]
     assert found.track_ids.tolist() == [1]
     tracker.end_stream("cam")
     for frame in (blank, blank, walker):
-        found = tracker.update([("cam", frame)])[0]
+        found = tracker.update([StreamFrame("cam", frame, FPS)])[0]
     assert found.track_ids.tolist() == [2]
 
 
@@ -107,7 +108,7 @@ def test_streams_keep_separate_background_models_and_ids() -> None:
         frame_a, frame_b = blank.copy(), blank.copy()
         frame_a[100:300, 50 + 20 * step : 110 + 20 * step] = 255  # walks right
         frame_b[120:320, 480 - 20 * step : 540 - 20 * step] = 255  # walks left, elsewhere in the frame
-        found_a, found_b = tracker.update([("a", frame_a), ("b", frame_b)])
+        found_a, found_b = tracker.update([StreamFrame("a", frame_a, FPS), StreamFrame("b", frame_b, FPS)])
         for name, found in (("a", found_a), ("b", found_b)):
             if step >= 3:  # two warm-up frames, then two hits
                 assert found.track_ids.tolist() == [1], (name, step)
@@ -128,7 +129,7 @@ def _run_bgsub(clip: Path) -> tuple[dict[int, int], dict[int, int], int]:
         if not ok:
             break
         frame_count += 1
-        found: Detections = tracker.update([("outdoor", frame)])[0]
+        found: Detections = tracker.update([StreamFrame("outdoor", frame, FPS)])[0]
         assert found.label_map is not None and found.label_map.shape == frame.shape[:2]
         for track_id, track_mask in zip(found.track_ids.tolist(), segmenter.masks(frame, found), strict=True):
             frames_per_id[track_id] = frames_per_id.get(track_id, 0) + 1

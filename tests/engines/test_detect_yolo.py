@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engines.detect import Detections, DetectorSettings, MultiStreamTracker, find_weights, open_tracker
+from engines.detect import Detections, DetectorSettings, MultiStreamTracker, StreamFrame, find_weights, open_tracker
 from engines.errors import EngineError, WeightsNotFound
 
+FPS = 30.0  # the shared clips' rate
 
 @pytest.fixture(scope="module")
 def seg_weights(models: Path) -> Path:
@@ -31,7 +32,7 @@ def test_one_walker_with_a_mask_filling_his_box(
     assert yolo_seg.backend == "yolo"
     for index in (45, 55, 65):
         frame = outdoor_walk_frames[index]
-        found: Detections = yolo_seg.update([(f"still-{index}", frame)])[0]
+        found: Detections = yolo_seg.update([StreamFrame(f"still-{index}", frame, FPS)])[0]
         assert len(found) == 1  # person A only; a new stream's first frame already reports the track
         assert found.label_map is not None and found.label_map.shape == frame.shape[:2]
         x1, y1, x2, y2 = found.boxes_xyxy_px[0]
@@ -47,7 +48,8 @@ def test_one_walker_with_a_mask_filling_his_box(
 
 
 def test_a_walker_keeps_one_id(yolo_seg: MultiStreamTracker, outdoor_walk_frames: dict[int, np.ndarray]) -> None:
-    ids = [yolo_seg.update([("walk", outdoor_walk_frames[i])])[0].track_ids.tolist() for i in range(40, 70)]
+    ids = [yolo_seg.update([StreamFrame("walk", outdoor_walk_frames[i], FPS)])[0].track_ids.tolist()
+           for i in range(40, 70)]
     assert ids == [[1]] * 30
 
 
@@ -58,7 +60,8 @@ def test_streams_have_separate_id_spaces(
     ids: dict[str, set[int]] = {"a": set(), "b": set()}
     boxes_b = []
     for offset in range(16):
-        batch = [("a", outdoor_walk_frames[40 + offset]), ("b", outdoor_walk_frames[124 + offset])]
+        batch = [StreamFrame("a", outdoor_walk_frames[40 + offset], FPS),
+                 StreamFrame("b", outdoor_walk_frames[124 + offset], FPS)]
         found_a, found_b = yolo_seg.update(batch)
         ids["a"].update(found_a.track_ids.tolist())
         ids["b"].update(found_b.track_ids.tolist())
@@ -69,13 +72,13 @@ def test_streams_have_separate_id_spaces(
     assert all(later < earlier for earlier, later in zip(centres_x, centres_x[1:]))
 
     yolo_seg.end_stream("a")
-    after_end = yolo_seg.update([("a", outdoor_walk_frames[45])])[0]
+    after_end = yolo_seg.update([StreamFrame("a", outdoor_walk_frames[45], FPS)])[0]
     assert after_end.track_ids.tolist() == [2]  # a restarted stream never reuses an id
 
 
 def test_empty_batch_and_empty_frame(yolo_seg: MultiStreamTracker) -> None:
     assert yolo_seg.update([]) == []
-    found = yolo_seg.update([("blank", np.zeros((1280, 720, 3), np.uint8))])[0]
+    found = yolo_seg.update([StreamFrame("blank", np.zeros((1280, 720, 3), np.uint8), FPS)])[0]
     assert len(found) == 0
     assert found.label_map is not None and not found.label_map.any()
 
@@ -91,7 +94,7 @@ def test_onnx_320_exports_track_the_walker(
     tracker = open_tracker(DetectorSettings(backend="yolo", weights=[str(models / weights_name)]))
     assert (tracker.task, tracker.imgsz_px) == (task, (320, 320))
     for index in range(40, 50):
-        found = tracker.update([("cam", outdoor_walk_frames[index])])[0]
+        found = tracker.update([StreamFrame("cam", outdoor_walk_frames[index], FPS)])[0]
         assert found.track_ids.tolist() == [1]
         x1, y1, x2, y2 = found.boxes_xyxy_px[0]
         assert 250 <= y2 - y1 <= 450 and 0.2 <= (x2 - x1) / (y2 - y1) <= 0.8

@@ -13,7 +13,7 @@ import torch
 from segment_anything import SamPredictor
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
-from engines.detect import Detections, DetectorSettings, open_tracker
+from engines.detect import Detections, DetectorSettings, StreamFrame, open_tracker
 from engines.errors import CheckpointError, WeightsNotFound
 from engines.pretreat import SIL_HEIGHT, SIL_WIDTH, Rejection
 from engines.segment import (
@@ -37,7 +37,8 @@ def humanseg_weights(models: Path) -> Path:
 def yolo_detections(models: Path, outdoor_walk_frames: dict[int, np.ndarray]) -> dict[int, Detections]:
     """YOLO11n-seg detections (with its label map) of the one walker in each of `FRAMES`."""
     tracker = open_tracker(DetectorSettings(backend="yolo", weights=[str(models / "yolo11n-seg_int8.tflite")]))
-    found = {index: tracker.update([(f"frame-{index}", outdoor_walk_frames[index])])[0] for index in FRAMES}
+    found = {index: tracker.update([StreamFrame(f"frame-{index}", outdoor_walk_frames[index], 30.0)])[0]
+             for index in FRAMES}
     assert all(len(d) == 1 and d.label_map is not None for d in found.values())
     return found
 

@@ -97,9 +97,12 @@ def test_files_played_as_cameras_get_a_source_process_each(videos: Path):
 @pytest.mark.parametrize(("key", "replacement"), [
     ("stages.detect_track.detector.threads", "stages.detect_track.threads"),
     ("stages.segment.segmenter.threads", "stages.segment.threads"),
+    ("stages.detect_track.track_end_after_s", "stages.detect_track.track_lifetime_s"),
+    ("stages.detect_track.detector.max_lost_frames", "stages.detect_track.track_lifetime_s"),
 ])
 def test_a_removed_key_names_its_replacement(model, tmp_path: Path, key: str, replacement: str):
-    """One `threads` per stage: the engines' own copies were overwritten by it, so setting them did nothing."""
+    """Keys that validated and did nothing (the engines' `threads`, overwritten by the stage's) or that split one
+    concept (track lifetime in frames and in seconds) are gone, and an old config is told what to write instead."""
     *sections, leaf = key.split(".")
     path = tmp_path / "old.yaml"
     path.write_text("".join(f"{'  ' * i}{part}:\n" for i, part in enumerate(sections)) + f"{'  ' * len(sections)}"
