@@ -8,7 +8,8 @@ which the track did not move like a walker (`min_motion`: a bench, a parked bicy
 encoded: it holds no gait, and its embedding would only draw matches. Windows that
 become ready in the same batch of frames, from any tracks and streams, go through the encoder in one call (grouped
 by length), which is where a GPU earns its keep. Buffers are keyed by (stream, track) and deleted at track end, at
-end of stream, or after `track_timeout_s` without a silhouette.
+end of stream, or, when that end was lost (an upstream stage restarted), `orphaned_track_timeout_s` of wall-clock
+time after the track was last seen.
 """
 
 from __future__ import annotations
@@ -38,13 +39,18 @@ log = logging.getLogger(__name__)
 class GaitConfig(StageConfig):
     """Which encoder, and how silhouettes are grouped into windows."""
 
+    replaced_keys = {"track_timeout_s": "set stages.gait.orphaned_track_timeout_s; when a track ends is "
+                     "stages.detect_track.track_lifetime_s"}
+
     encoder: ConfigPath | None = Field(None, description="encoder weights (.pt, .onnx, .engine); none: no embeddings")
     backend: Literal["auto", "torch", "onnxruntime", "tensorrt"] = "auto"
     device: str = Field("cpu", description="'cpu' or 'cuda[:N]'")
     window_frames: int = Field(30, ge=1, description="silhouettes per embedding window (about one gait cycle)")
     stride_frames: int = Field(15, ge=1, description="new silhouettes between two embeddings of a track")
     min_frames: int = Field(15, ge=1, description="fewest silhouettes for the final embedding of a track")
-    track_timeout_s: float = Field(30.0, gt=0, description="forget a track with no silhouette for this long")
+    orphaned_track_timeout_s: float = Field(
+        30.0, gt=0, description="wall clock: forget a track unseen this long whose end never came (an upstream "
+        "restart lost it); longer than stages.detect_track.track_lifetime_s, which ends tracks")
     canonical_direction: Literal["auto", "none", "right_to_left", "left_to_right"] = Field(
         "auto", description="mirror walks so everyone crosses the image this way; auto: the encoder's training "
         "direction (weights metadata `walk_direction`), none when unknown")
@@ -151,6 +157,9 @@ class GaitStage(Stage[GaitConfig]):
         stream = message.stream_id
         if isinstance(message, FrameRecord) and message.silhouettes is not None:
             rows = {t: i for i, t in enumerate(message.tracks.track_ids.tolist())}
+            for track_id in rows:  # seen, with or without a silhouette: not orphaned
+                if (buffer := self.buffers.get((stream, track_id))) is not None:
+                    buffer.last_seen_s = now_s
             for track_id, image in zip(message.silhouettes.track_ids.tolist(), message.silhouettes.images):
                 buffer = self.buffers.get((stream, track_id))
                 if buffer is None:
@@ -229,8 +238,9 @@ class GaitStage(Stage[GaitConfig]):
 
     def on_tick(self, now_s: float) -> None:
         config = self.config
-        stale = [key for key, b in self.buffers.items() if now_s - b.last_seen_s > config.track_timeout_s]
+        stale = [key for key, b in self.buffers.items() if now_s - b.last_seen_s > config.orphaned_track_timeout_s]
         for key in stale:
             del self.buffers[key]
-            log.debug("forgot silent track stream=%s track=%d", *key)
+            log.info("forgot orphaned track stream=%s track=%d (unseen %.0f s, its end never came)", *key,
+                     config.orphaned_track_timeout_s)
         self.context.metrics.set_live_tracks(len(self.buffers))

@@ -49,6 +49,9 @@ GalleryLocation = Annotated[str | Path, AfterValidator(_resolve_gallery)]
 class MatchConfig(StageConfig):
     """The gallery and the open-set decision."""
 
+    replaced_keys = {"track_timeout_s": "set stages.match.orphaned_track_timeout_s; when a track ends is "
+                     "stages.detect_track.track_lifetime_s"}
+
     gallery: GalleryLocation | None = Field(
         None, description="SQLite file (or sqlite:///path) or postgresql:// URL; default $GAITSTREAM_GALLERY or "
         "./gallery.sqlite")
@@ -59,7 +62,9 @@ class MatchConfig(StageConfig):
         0.9, gt=0, le=1, description="name the closest identity only if its distance is at most this times the "
         "runner-up's (1: no margin)")
     top_k: int = Field(3, ge=1, description="candidates reported with each decision")
-    track_timeout_s: float = Field(30.0, gt=0, description="forget the evidence of a track silent this long")
+    orphaned_track_timeout_s: float = Field(
+        30.0, gt=0, description="wall clock: forget the evidence of a track unseen this long whose end never came "
+        "(an upstream restart lost it); longer than stages.detect_track.track_lifetime_s, which ends tracks")
     reload_interval_s: float = Field(2.0, gt=0, description="how often to look for changes to a gallery file "
                                      "(a PostgreSQL gallery's arrive as they commit)")
     auto_enroll: bool = Field(False, description="add tracks that end unknown as anonymous identities")
@@ -143,7 +148,8 @@ class MatchStage(Stage):
         if self.follower is not None or now_s >= self.next_reload_s:  # a follower's copy costs nothing to check
             self.next_reload_s = now_s + config.reload_interval_s
             self._reload()
-        stale = [key for key, t in self.tracks.items() if now_s - t.evidence.last_seen_s > config.track_timeout_s]
+        stale = [key for key, t in self.tracks.items()
+                 if now_s - t.evidence.last_seen_s > config.orphaned_track_timeout_s]
         for key in stale:
             del self.tracks[key]
         self.context.metrics.set_live_tracks(len(self.tracks))
@@ -237,6 +243,9 @@ class MatchStage(Stage):
         if record.embeddings is not None:
             self.last_encoder = (record.embeddings.encoder, record.embeddings.parts)
         decided = self._decide(record.stream_id, record.embeddings, now_s)
+        for track_id in record.tracks.track_ids.tolist():  # seen, with or without a new window: not orphaned
+            if (state := self.tracks.get((record.stream_id, track_id))) is not None:
+                state.evidence.last_seen_s = now_s
         track_ids = sorted(set(record.tracks.track_ids.tolist()) | decided)
         identities = self._identities(record.stream_id, track_ids, decided)
         self._end_tracks(record.stream_id, record.ended_track_ids.tolist())

@@ -52,6 +52,9 @@ class OutputError(FatalError):
 class SinkConfig(StageConfig):
     """What to write and show."""
 
+    replaced_keys = {"track_timeout_s": "set stages.sink.orphaned_track_timeout_s; when a track ends is "
+                     "stages.detect_track.track_lifetime_s"}
+
     out_dir: ConfigPath | None = Field(None, description="folder for per-input outputs; none: nothing written")
     display: bool = Field(False, description="show the overlay in a window (needs a display)")
     write_video: bool = True
@@ -64,8 +67,9 @@ class SinkConfig(StageConfig):
     video_fourcc: str = Field("mp4v", min_length=4, max_length=4, description="codec of annotated.mp4")
     display_max_height_px: int = Field(900, ge=100, description="the window is scaled down to this height")
     inset_height_px: int = Field(128, ge=16, description="height of the silhouette insets in the overlay")
-    track_timeout_s: float = Field(30.0, gt=0, description="finish a track unseen this long (wall clock): its end "
-                                   "was lost, e.g. with a restarted upstream stage")
+    orphaned_track_timeout_s: float = Field(
+        30.0, gt=0, description="wall clock: finish a track unseen this long whose end never came (an upstream "
+        "restart lost it); longer than stages.detect_track.track_lifetime_s, which ends tracks")
     nats_url: str | None = Field(None, description="publish events on NATS JetStream, e.g. nats://broker:4222 "
                                  "(a cluster: comma-separated); needs pip install .[cluster]")
     nats_subject_prefix: str = Field("gaitstream.events", pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$",
@@ -288,7 +292,8 @@ class SinkStage(Stage[SinkConfig]):
         """Finish tracks whose end never came (their silhouettes are still saved), and report the state held."""
         config = self.config
         for stream_id, outputs in self.streams.items():
-            for track_id in [t for t, seen in outputs.last_seen_s.items() if now_s - seen > config.track_timeout_s]:
+            orphaned = [t for t, seen in outputs.last_seen_s.items() if now_s - seen > config.orphaned_track_timeout_s]
+            for track_id in orphaned:
                 self._finish_track(stream_id, outputs, track_id)
         self.context.metrics.set_live_tracks(sum(len(o.last_seen_s) for o in self.streams.values()))
         if self.nats is not None:

@@ -112,3 +112,24 @@ def test_a_removed_key_names_its_replacement(model, tmp_path: Path, key: str, re
             load_config(model, path if not overrides else None, overrides)
         message = str(error.value)
         assert message.startswith(f"{where}: no longer a setting") and replacement in message, message
+
+
+def test_a_timeout_for_orphaned_tracks_must_outlast_the_track_lifetime(tmp_path: Path):
+    """The wall-clock timeouts forget tracks whose end was lost; shorter than the lifetime they would forget walkers
+    that detect_track still follows."""
+    from stages import load_pipeline_config
+
+    path = tmp_path / "site.yaml"
+    path.write_text("stages:\n  detect_track:\n    track_lifetime_s: 2.0\n  match:\n    orphaned_track_timeout_s: 2.0\n")
+    with pytest.raises(ConfigError) as error:
+        load_pipeline_config(path)
+    assert str(error.value) == ("stages.match.orphaned_track_timeout_s (2 s) must be longer than "
+                                "stages.detect_track.track_lifetime_s (2 s): it only forgets tracks whose end was lost")
+    assert load_pipeline_config(path, [parse_override("stages.match.orphaned_track_timeout_s=2.5")])
+
+
+@pytest.mark.parametrize("stage", ["gait", "match", "sink"])
+def test_the_old_track_timeout_names_its_replacement(model, stage: str):
+    with pytest.raises(ConfigError) as error:
+        load_config(model, None, [parse_override(f"stages.{stage}.track_timeout_s=5")])
+    assert f"stages.{stage}.orphaned_track_timeout_s" in str(error.value)

@@ -92,7 +92,7 @@ def test_the_encoders_threshold_applies_unless_the_config_sets_one(gallery: Path
 
 def test_a_silent_track_is_forgotten_and_a_stranger_auto_enrolled(gallery: Path):
     now = [0.0]
-    config = MatchConfig(gallery=gallery, track_timeout_s=5.0, auto_enroll=True, auto_enroll_min_windows=2)
+    config = MatchConfig(gallery=gallery, orphaned_track_timeout_s=5.0, auto_enroll=True, auto_enroll_min_windows=2)
     stranger = [(9, noisy(person(4), 20 + i, 0.1)) for i in range(2)]
     forgotten = window_records([(10, person(1))], start=10)
     ended = dataclasses.replace(window_records([(9, person(4))], start=3)[0], embeddings=None, tracks=Tracks(),

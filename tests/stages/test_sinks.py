@@ -48,7 +48,7 @@ def test_the_sink_measures_capture_to_output_latency():
 
 
 def test_a_track_whose_end_never_comes_is_finished_and_saved(tmp_path: Path):
-    """An upstream restart can lose a track's end: the sink saves it after track_timeout_s and holds no state."""
+    """An upstream restart can lose a track's end: the sink saves it after orphaned_track_timeout_s, holds nothing."""
     import dataclasses
     import pickle
 
@@ -57,7 +57,7 @@ def test_a_track_whose_end_never_comes_is_finished_and_saved(tmp_path: Path):
     now = [0.0]
     context = make_context("sink", clock=lambda: now[0])
     sink = SinkStage(SinkConfig(out_dir=tmp_path, write_video=False, save_silhouettes=True, min_saved_silhouettes=2,
-                                track_timeout_s=5.0), context)
+                                orphaned_track_timeout_s=5.0), context)
     sink.open()
     for seq in range(3):
         now[0] = float(seq)
