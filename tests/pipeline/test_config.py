@@ -120,7 +120,8 @@ def test_a_timeout_for_orphaned_tracks_must_outlast_the_track_lifetime(tmp_path:
     from stages import load_pipeline_config
 
     path = tmp_path / "site.yaml"
-    path.write_text("stages:\n  detect_track:\n    track_lifetime_s: 2.0\n  match:\n    orphaned_track_timeout_s: 2.0\n")
+    path.write_text("stages:\n  detect_track:\n    track_lifetime_s: 2.0\n"
+                    "  match:\n    orphaned_track_timeout_s: 2.0\n")
     with pytest.raises(ConfigError) as error:
         load_pipeline_config(path)
     assert str(error.value) == ("stages.match.orphaned_track_timeout_s (2 s) must be longer than "
