@@ -127,6 +127,8 @@ class CameraLeases:
 
     def close(self) -> None:
         """Stop taking and renewing, report every held camera lost, then delete their keys."""
+        if self._thread.ident is None:  # never started
+            return
         if self._loop is not None and self._task is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._task.cancel)
         self._thread.join(STOP_S + 1.0)
