@@ -109,17 +109,21 @@ def node_defaults(config) -> list[tuple[list[str], object]]:
             if value is not None and getattr(sink, key) == getattr(default, key)]
 
 
-def run_node_config(path: Path, overrides: list[tuple[list[str], object]]):
-    """Load a node's config (its sources live: it reads cameras) and run it until stopped."""
-    from pipeline.node import run_node
-
+def load_node_config(path: Path, overrides: list[tuple[list[str], object]]):
+    """A node's config: its sources live (it reads cameras), its events to its broker by default."""
     overrides = [(["stages", "source", "mode"], "live"), *overrides]
     config = load_pipeline_config(path, overrides)
     if config.node is None:
         raise ConfigError(f"{path}: --node needs a node: section (site, host, nats_url, leases)")
     if not config.streams:
         raise ConfigError(f"{path}: a node needs its cameras (or lease candidates) in streams:")
-    config = load_pipeline_config(path, [*node_defaults(config), *overrides])
+    return load_pipeline_config(path, [*node_defaults(config), *overrides])
+
+
+def run_node_config(config):
+    """Run a node until stopped, holding leases on its cameras when it has `node.leases`."""
+    from pipeline.node import run_node
+
     leases = None
     if config.node.leases is not None:
         from engines.leases import CameraLeases, lease_bucket
@@ -129,7 +133,7 @@ def run_node_config(path: Path, overrides: list[tuple[list[str], object]]):
                               cameras=[stream.id for stream in config.streams], ttl_s=settings.ttl_s,
                               renew_interval_s=settings.renew_interval_s, max_cameras=settings.max_cameras,
                               credentials=config.node.nats_credentials)
-    return config, run_node(config, stage_registry(), leases)
+    return run_node(config, stage_registry(), leases)
 
 
 def drop_unreadable(config):
@@ -186,9 +190,13 @@ def main(argv: list[str] | None = None) -> int:
     stages = stage_registry()
     try:
         if args.node is not None:
-            if args.only or args.print_config:
-                raise ConfigError("--node runs the whole pipeline of this host: no --only or --print-config with it")
-            config, result = run_node_config(args.node, cli_overrides(args))
+            if args.only:
+                raise ConfigError("--node runs the whole pipeline of this host: no --only with it")
+            config = load_node_config(args.node, cli_overrides(args))
+            if args.print_config:
+                print(dump_config(config), end="")
+                return 0
+            result = run_node_config(config)
             print_summary(result, None)
             return result.exit_code
         config = load_pipeline_config(args.config, cli_overrides(args))
