@@ -1,6 +1,7 @@
 """`gaitstream COMMAND ...`: one command for every tool of the project (installed by `pip install -e .`).
 
     gaitstream run --rtsp rtsp://camera/stream          # = python run_pipeline.py ...
+    gaitstream node deploy/node-a.yaml                   # = python run_pipeline.py --node deploy/node-a.yaml
     gaitstream enroll --name alice --source walk.mp4     # = python tools/enroll.py ...
     gaitstream gallery list                              # = python tools/gallery.py ...
 
@@ -17,6 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 COMMANDS = {
     "run": ("run_pipeline.py", "run the pipeline on cameras or recorded footage"),
+    "node": ("run_pipeline.py", "run one host of a site: its cameras, or those it holds a lease on"),
     "enroll": ("tools/enroll.py", "enrol a person from a video or a live stream"),
     "gallery": ("tools/gallery.py", "list, rename, delete, export and import identities"),
     "eval": ("tools/eval.py", "evaluate an encoder on CASIA-B, USF HumanID or synthetic 3D"),
@@ -30,6 +32,8 @@ COMMANDS = {
     "make-synthetic": ("tools/make_synthetic.py", "generate the synthetic 3D gait set"),
     "make-keys": ("tools/make_keys.py", "create CURVE keys for tcp edges between hosts"),
 }
+
+LEADING_ARGUMENTS = {"node": ("--node",)}  # `gaitstream node CONFIG` is `run_pipeline.py --node CONFIG`
 
 
 def usage() -> str:
@@ -52,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {script} is missing: the gaitstream command runs the tools of a source checkout "
               "(install it with `pip install -e .` there)", file=sys.stderr)
         return 2
-    sys.argv = [f"gaitstream {args[0]}", *args[1:]]
+    sys.argv = [f"gaitstream {args[0]}", *LEADING_ARGUMENTS.get(args[0], ()), *args[1:]]
     sys.path.insert(0, str(ROOT))
     try:
         runpy.run_path(str(script), run_name="__main__")

@@ -4,6 +4,7 @@
   python run_pipeline.py --rtsp rtsp://camera/stream
   python run_pipeline.py --source footage/ --out results/ --no-display
   python run_pipeline.py --config configs/pipeline/multi_camera.yaml
+  python run_pipeline.py --node deploy/node-a.yaml      # one host of a site (= gaitstream node deploy/node-a.yaml)
 
 Exit codes: 0 everything processed (or stopped by the user), 1 some inputs failed or a stage gave up while
 others were processed, 2 nothing could be done (bad input, bad config, missing weights).
@@ -42,6 +43,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     inputs.add_argument("--rtsp", nargs="+", metavar="URL", help="RTSP (or HTTP) camera streams (live)")
     inputs.add_argument("--webcam", nargs="+", type=int, metavar="N", help="local cameras by index (live)")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="pipeline YAML (default: %(default)s)")
+    parser.add_argument("--node", type=Path, metavar="CONFIG",
+                        help="run as one host of a site: a pipeline YAML with a node: section; its streams are this "
+                             "host's cameras, or with node.leases the candidates it reads while it holds their lease")
     parser.add_argument("--out", type=Path, help="folder for annotated videos, events and silhouettes")
     parser.add_argument("--no-display", action="store_true", help="do not open the overlay window")
     parser.add_argument("--save-silhouettes", action="store_true", help="write each track's silhouettes (OpenGait pkl)")
@@ -93,6 +97,44 @@ def command_line_gallery(value: str | None) -> str | None:
     if value is None or is_postgres_url(value):
         return value
     return str(Path(value).expanduser().absolute())
+
+
+def node_defaults(config) -> list[tuple[list[str], object]]:
+    """A node's names and broker for its events, where the sink's own settings are left at their defaults."""
+    from stages.sinks import SinkConfig
+
+    node, sink, default = config.node, config.stages.sink, SinkConfig()
+    values = {"site": node.site, "host": node.host, "nats_url": node.nats_url,
+              "nats_credentials": str(node.nats_credentials) if node.nats_credentials else None}
+    return [(["stages", "sink", key], value) for key, value in values.items()
+            if value is not None and getattr(sink, key) == getattr(default, key)]
+
+
+def load_node_config(path: Path, overrides: list[tuple[list[str], object]]):
+    """A node's config: its sources live (it reads cameras), its events to its broker by default."""
+    overrides = [(["stages", "source", "mode"], "live"), *overrides]
+    config = load_pipeline_config(path, overrides)
+    if config.node is None:
+        raise ConfigError(f"{path}: --node needs a node: section (site, host, nats_url, leases)")
+    if not config.streams:
+        raise ConfigError(f"{path}: a node needs its cameras (or lease candidates) in streams:")
+    return load_pipeline_config(path, [*node_defaults(config), *overrides])
+
+
+def run_node_config(config):
+    """Run a node until stopped, holding leases on its cameras when it has `node.leases`."""
+    from pipeline.node import run_node
+
+    leases = None
+    if config.node.leases is not None:
+        from engines.leases import CameraLeases, lease_bucket
+
+        settings = config.node.leases
+        leases = CameraLeases(config.node.nats_url, host=config.node.host, bucket=lease_bucket(config.node.site),
+                              cameras=[stream.id for stream in config.streams], ttl_s=settings.ttl_s,
+                              renew_interval_s=settings.renew_interval_s, max_cameras=settings.max_cameras,
+                              credentials=config.node.nats_credentials)
+    return run_node(config, stage_registry(), leases)
 
 
 def drop_unreadable(config):
@@ -148,6 +190,16 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging("supervisor", args.log_level or "INFO")
     stages = stage_registry()
     try:
+        if args.node is not None:
+            if args.only:
+                raise ConfigError("--node runs the whole pipeline of this host: no --only with it")
+            config = load_node_config(args.node, cli_overrides(args))
+            if args.print_config:
+                print(dump_config(config), end="")
+                return 0
+            result = run_node_config(config)
+            print_summary(result, None)
+            return result.exit_code
         config = load_pipeline_config(args.config, cli_overrides(args))
         if args.print_config:
             print(dump_config(config), end="")

@@ -1,7 +1,8 @@
 """Pipeline configuration: YAML files validated into frozen pydantic models, with errors that name file and key.
 
 The tree is `streams` (what to read), `runtime` (supervision, metrics), `graph` (the chain of stages after the
-sources) and `stages` (one section per stage, each validated by that stage's own `Config`). This module knows
+sources), `stages` (one section per stage, each validated by that stage's own `Config`) and, for a host of a
+site, `node`. This module knows
 the runtime's parts; the stage sections come from the registry the caller passes in, so `pipeline/` stays free of
 gait. Relative paths in a file resolve against that file's folder, never the working directory; `--set KEY=VALUE`
 overrides are YAML scalars applied before validation. Must not import `stages` or `engines`.
@@ -10,6 +11,7 @@ overrides are YAML scalars applied before validation. Must not import `stages` o
 from __future__ import annotations
 
 import difflib
+import socket
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import UnionType
@@ -117,6 +119,37 @@ class RuntimeConfig(StrictModel):
     )
 
 
+class LeaseSettings(StrictModel):
+    """How a node holds its cameras on the broker (see `engines.leases`): a camera whose holder stops renewing is
+    free `ttl_s` later; a holder cut off from the broker stops reading it `ttl_s / 2` after its last renewal."""
+
+    ttl_s: float = Field(10.0, gt=0, description="a lease lives this long after its last renewal; same for the site")
+    renew_interval_s: float | None = Field(None, gt=0, description="default ttl_s / 5; below ttl_s / 2")
+    max_cameras: int | None = Field(None, ge=1, description="hold at most this many cameras (spread them over hosts)")
+
+
+class NodeSettings(StrictModel):
+    """One host of a site (`run_pipeline.py --node`, `gaitstream node`): its names, its broker, and whether its
+    cameras (`streams:`) are its own (`leases: null`) or candidates it reads while it holds their lease."""
+
+    site: str = Field(min_length=1, description="the site's name: lease bucket, event subjects")
+    host: str = Field(default_factory=socket.gethostname, min_length=1, description="default: the hostname")
+    nats_url: str | None = Field(None, description="the site's NATS broker (leases, and events unless the sink "
+                                                   "names another)")
+    nats_credentials: ConfigPath | None = Field(None, description="a .creds or nkey seed file for the broker")
+    leases: LeaseSettings | None = Field(None, description="null: read every camera of streams:")
+
+    @model_validator(mode="after")
+    def _leases_need_a_broker(self) -> NodeSettings:
+        if self.leases is not None and not self.nats_url:
+            raise ValueError("leases: need nats_url (the broker that holds them)")
+        if self.leases is not None and self.leases.renew_interval_s is not None \
+                and self.leases.renew_interval_s >= self.leases.ttl_s / 2:
+            raise ValueError(f"leases.renew_interval_s must be below ttl_s / 2 ({self.leases.ttl_s / 2:g} s): "
+                             "a lease is given up half a TTL after its last renewal")
+        return self
+
+
 def _format_location(loc: Sequence[Any]) -> str:
     return ".".join(str(part) for part in loc)
 
@@ -201,6 +234,7 @@ def build_config_model(stage_configs: Mapping[str, type[StageConfig]], default_g
         runtime=(RuntimeConfig, Field(default_factory=RuntimeConfig)),
         graph=(Annotated[list[str], AfterValidator(_check_graph)], Field(default_factory=lambda: list(default_graph))),
         stages=(stages_model, Field(default_factory=stages_model)),
+        node=(NodeSettings | None, Field(None, description="this host as a node of a site (--node)")),
     )
 
 

@@ -4,7 +4,11 @@ Start-up is a handshake: every stage process reports `Ready` once its weights ar
 up, and only then do the sources start. While running, the supervisor reads heartbeats (metrics) and reports on
 one ROUTER socket, restarts a process that exited abnormally or went silent (capped exponential back-off; more
 than `max_restarts` within `restart_window_s` ends the run as FAILED), and drives the progress bar. A batch run
-ends when every source has delivered its inputs and every stage has drained. SIGINT/SIGTERM send `Stop`, join
+ends when every source has delivered its inputs and every stage has drained.
+
+With `sources_on_demand` (a node of a site, `pipeline/node.py`) every stream gets a source process of its own that
+runs only while asked to: `start_source` / `stop_source`, from any thread, start and stop it (a stop is a `Stop`,
+then a kill at its deadline), and the run goes on until it is stopped. SIGINT/SIGTERM send `Stop`, join
 with a deadline, then terminate and kill; every shared-memory ring of the run is unlinked at the end.
 
 Must not import `stages` or `engines`: the stage classes come from the caller.
@@ -16,6 +20,7 @@ import difflib
 import logging
 import multiprocessing as mp
 import os
+import queue
 import secrets
 import shutil
 import signal
@@ -73,6 +78,8 @@ class ManagedProcess:
     drained: bool = False
     acked_seq: dict[str, int] = field(default_factory=dict)
     done_inputs: list[str] = field(default_factory=list)
+    wanted: bool = True  # False: a source on demand that is not to run; it is stopped, never restarted
+    stop_by_s: float | None = None  # a released source still alive at this monotonic time is killed
 
 
 @dataclass
@@ -142,6 +149,9 @@ class Supervisor:
         source_stage: str = "source",
         only: set[str] | None = None,
         on_report: Callable[[Report], None] | None = None,
+        sources_on_demand: bool = False,
+        on_ready: Callable[[], None] | None = None,
+        host: str | None = None,
     ) -> None:
         self.config = config
         self.runtime: RuntimeConfig = config.runtime
@@ -149,6 +159,12 @@ class Supervisor:
         self.source_stage = source_stage
         self.only = only
         self.on_report = on_report
+        self.sources_on_demand = sources_on_demand
+        self.on_ready = on_ready  # called once, from run(), when every stage is ready for frames
+        self.host = host or os.uname().nodename  # in the log lines of sources on demand
+        self._source_requests: queue.SimpleQueue[tuple[str, bool, float]] = queue.SimpleQueue()
+        self._source_of: dict[str, ManagedProcess] = {}
+        self._control: ControlServer | None = None
         self.run_id = secrets.token_hex(4)
         self.board = MetricsBoard()
         self.metrics_registry = CollectorRegistry()  # this run's own: two runs in one process never clash
@@ -212,10 +228,15 @@ class Supervisor:
         def runs_live(spec: StreamSpec) -> bool:  # the source runner decides the same way per input
             return source_cls.is_live(spec) if mode == "auto" else mode == "live"
 
-        for i, lane in enumerate(assign_inputs(list(self.config.streams), runs_live, parallel)):
+        streams = list(self.config.streams)
+        lanes = [[s] for s in streams] if self.sources_on_demand else assign_inputs(streams, runs_live, parallel)
+        for i, lane in enumerate(lanes):
             spec = ProcessSpec(process=f"{self.source_stage}-{i}", stage_cls=source_cls, config=source_config,
                                output=self._edge_into(graph[0]), inputs=tuple(lane), **common)
-            self._add(ManagedProcess(spec.process, spec, is_source=True))
+            managed = ManagedProcess(spec.process, spec, is_source=True, wanted=not self.sources_on_demand)
+            self._add(managed)
+            if self.sources_on_demand:
+                self._source_of[lane[0].id or lane[0].uri] = managed
 
     def _add(self, managed: ManagedProcess) -> None:
         base = managed.name.split("-")[0] if managed.is_source else managed.name
@@ -283,6 +304,9 @@ class Supervisor:
         for managed in self.processes.values():
             if managed.process is None or managed.state in (ProcessState.STOPPED, ProcessState.FAILED):
                 continue
+            if not managed.wanted:
+                self._check_released(managed, now)
+                continue
             if managed.state == ProcessState.RESTARTING:
                 if managed.restart_at_s is not None and now >= managed.restart_at_s and not self.stop_reason:
                     self._restart(managed)
@@ -308,6 +332,69 @@ class Supervisor:
                     self._fail(managed, f"{managed.name} could not start (exit code {code}); see the log above")
             else:
                 self._schedule_restart(managed, f"exit code {code}")
+
+    # --- sources on demand ---------------------------------------------------------------------------------------
+    def start_source(self, stream_id: str) -> None:
+        """Run the source of `stream_id` (sources on demand; any thread): now, or once the stages are ready."""
+        self._source_requests.put((stream_id, True, 0.0))
+
+    def stop_source(self, stream_id: str, within_s: float) -> None:
+        """Stop the source of `stream_id` (any thread): `Stop` at once, killed if still alive `within_s` later."""
+        self._source_requests.put((stream_id, False, within_s))
+
+    def _serve_source_requests(self, stages_ready: bool) -> None:
+        while True:
+            try:
+                stream_id, wanted, within_s = self._source_requests.get_nowait()
+            except queue.Empty:
+                return
+            managed = self._source_of.get(stream_id)
+            if managed is None:
+                log.warning("no source for camera %s here (streams: %s)", stream_id, ", ".join(self._source_of))
+                continue
+            managed.wanted = wanted
+            alive = managed.process is not None and managed.process.exitcode is None
+            if wanted and stages_ready and not alive and not self.stop_reason:
+                self._open_source(managed)
+            elif not wanted and alive:
+                managed.stop_by_s = time.monotonic() + within_s
+                if managed.identity is not None and self._control is not None:
+                    self._control.send(managed.identity, encode(Stop("released")))
+                else:
+                    managed.process.terminate()
+            elif not wanted:
+                managed.state = ProcessState.STOPPED  # a restart that was due is called off
+
+    def _open_source(self, managed: ManagedProcess) -> None:
+        """(Re)start a source on demand as a fresh process: its own restart history, every input to do again."""
+        if managed.process is not None:
+            managed.spec = replace(managed.spec, incarnation=managed.spec.incarnation + 1, resume_after_seq={},
+                                   done_inputs=())
+            if managed.identity is not None:
+                self.by_identity.pop(managed.identity, None)
+                managed.identity = None
+        managed.restart_times.clear()
+        managed.restart_at_s = None
+        managed.stop_by_s = None
+        managed.acked_seq, managed.done_inputs = {}, []
+        self._start(managed)
+        log.info("source started camera=%s host=%s process=%s pid=%d at=%.3f", managed.spec.inputs[0].id,
+                 self.host, managed.name, managed.process.pid, time.time())
+
+    def _check_released(self, managed: ManagedProcess, now: float) -> None:
+        """A source that is not wanted: stopped once it has exited, killed at its deadline."""
+        code = managed.process.exitcode
+        if code is None and managed.state != ProcessState.RESTARTING:
+            if managed.stop_by_s is not None and now >= managed.stop_by_s:
+                log.warning("%s did not stop in time; killing it", managed.name)
+                managed.process.kill()
+                managed.process.join(1)
+                code = managed.process.exitcode
+            if code is None:
+                return
+        managed.state = ProcessState.STOPPED
+        log.info("source stopped camera=%s host=%s process=%s exit=%s at=%.3f", managed.spec.inputs[0].id,
+                 self.host, managed.name, code, time.time())
 
     # --- control messages --------------------------------------------------------------------------------------
     def _handle_control(self, server: ControlServer) -> None:
@@ -491,6 +578,7 @@ class Supervisor:
     def _supervise(self, server: ControlServer) -> None:
         stages = [m for m in self.processes.values() if not m.is_source]
         sources = [m for m in self.processes.values() if m.is_source]
+        self._control = server
         for managed in stages:
             self._start(managed)
         sources_started = False
@@ -500,13 +588,17 @@ class Supervisor:
             self._check_processes()
             if not sources_started and all(m.state == ProcessState.RUNNING for m in stages) and not self.stop_reason:
                 for managed in sources:
-                    self._start(managed)
+                    if managed.wanted:
+                        (self._open_source if self.sources_on_demand else self._start)(managed)
                 sources_started = True
+                if self.on_ready is not None:
+                    self.on_ready()
+            self._serve_source_requests(sources_started)
             self._update_progress()
             self._log_metrics()
             if self.stop_reason:
                 return
-            if sources_started and self._batch_complete():
+            if sources_started and not self.sources_on_demand and self._batch_complete():
                 self.stop_reason = "complete"
                 return
 

@@ -24,10 +24,10 @@ import threading
 import time
 from collections import Counter, deque
 from pathlib import Path
-from types import ModuleType
 from typing import Any, NamedTuple
 
 from engines.gallery import redact_url
+from engines.nats_client import credential_options, import_nats
 from pipeline.errors import FatalError
 from pipeline.metrics import ProcessMetrics
 
@@ -60,30 +60,6 @@ def subject_token(text: str) -> str:
     return _NOT_IN_A_TOKEN.sub("_", text) or "_"
 
 
-def _import_nats(with_nkeys: bool) -> ModuleType:
-    """nats-py (and nkeys, which signs with credentials), or one error that says how to install them."""
-    try:
-        import nats
-
-        if with_nkeys:
-            import nkeys  # noqa: F401 - nats-py imports it only when connecting, in the publisher's thread
-    except ImportError as exc:
-        raise NatsEventsError(f"events on NATS (stages.sink.nats_url) need the cluster extra: pip install .[cluster] "
-                              f"(missing {exc.name or exc})") from exc
-    return nats
-
-
-def _credential_options(path: Path | None) -> dict[str, str]:
-    """nats-py's option for a credentials file: a `.creds` file (user JWT + nkey seed) or a bare nkey seed."""
-    if path is None:
-        return {}
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise NatsEventsError(f"cannot read the NATS credentials {path}: {exc.strerror or exc}") from exc
-    return {"user_credentials": str(path)} if "BEGIN NATS USER JWT" in text else {"nkeys_seed": str(path)}
-
-
 class NatsEventPublisher:
     """Queues events for NATS JetStream; a thread of its own publishes them in order until each is acknowledged.
 
@@ -101,8 +77,9 @@ class NatsEventPublisher:
 
     def __init__(self, url: str, *, site: str, host: str, run: str, subject_prefix: str = "gaitstream.events",
                  queue_events: int = 10_000, credentials: Path | None = None) -> None:
-        self._nats = _import_nats(with_nkeys=credentials is not None)
-        self._connect_options = _credential_options(credentials)
+        self._nats = import_nats("events on NATS (stages.sink.nats_url)", NatsEventsError,
+                                 with_nkeys=credentials is not None)
+        self._connect_options = credential_options(credentials, NatsEventsError)
         self.servers = [server.strip() for server in url.split(",")]
         self.location = ",".join(redact_url(server) for server in self.servers)
         self.subject_base = f"{subject_prefix}.{subject_token(site)}.{subject_token(host)}"

@@ -9,6 +9,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydantic import Field
@@ -65,8 +66,9 @@ def read_lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def run_graph(streams: list[dict], overrides: dict[str, object], graph: tuple[str, ...] = ("relay", "recorder")):
-    """Run source → relay → recorder under a real Supervisor; returns the RunResult."""
+def graph_supervisor(streams: list[dict], overrides: dict[str, object],
+                     graph: tuple[str, ...] = ("relay", "recorder"), **options: Any) -> Any:
+    """A real Supervisor of source → relay → recorder (`options` go to it)."""
     from pipeline.config import build_config_model, load_config
     from pipeline.supervisor import Supervisor
     from stages.source import VideoSourceStage
@@ -74,7 +76,12 @@ def run_graph(streams: list[dict], overrides: dict[str, object], graph: tuple[st
     stages = {"source": VideoSourceStage, "relay": PassThrough, "recorder": RecordingSink}
     model = build_config_model({k: v.Config for k, v in stages.items()}, list(graph))
     pairs = [(["streams"], streams)] + [(key.split("."), value) for key, value in overrides.items()]
-    return Supervisor(load_config(model, None, pairs), stages).run()
+    return Supervisor(load_config(model, None, pairs), stages, **options)
+
+
+def run_graph(streams: list[dict], overrides: dict[str, object], graph: tuple[str, ...] = ("relay", "recorder")):
+    """Run source → relay → recorder under a real Supervisor; returns the RunResult."""
+    return graph_supervisor(streams, overrides, graph).run()
 
 
 if __name__ == "__main__":  # used by tests that need the supervisor in its own process (signals)

@@ -20,7 +20,7 @@ from pipeline.config import StageConfig
 from pipeline.runner import heap_trimmer, process_title
 from pipeline.shm import shm_dir
 from tests.conftest import REPO_ROOT, wait_for
-from tests.pipeline.runtime_stages import read_lines, run_graph
+from tests.pipeline.runtime_stages import graph_supervisor, read_lines, run_graph
 
 
 def checksums(path: Path) -> list[int]:
@@ -199,3 +199,49 @@ def test_heap_trim_returns_fragmented_free_memory_to_the_os():
     after = process.memory_info().rss
     assert len(keep) == 30
     assert before - after > 100 * 2**20, f"RSS {before / 2**20:.0f} MB -> {after / 2**20:.0f} MB after the trim"
+
+
+def test_sources_on_demand_run_only_while_asked(tmp_path, outdoor_clip, caplog):
+    """A node's supervisor: no camera is read until started; a stopped one ends at once and never restarts; a
+    camera started again is read by a fresh process."""
+    out = tmp_path / "rec.jsonl"
+    streams = [{"uri": str(outdoor_clip), "id": "door"}, {"uri": str(outdoor_clip), "id": "hall"}]
+    supervisor = graph_supervisor(streams, {"stages.recorder.path": str(out), "stages.source.mode": "live",
+                                            "stages.source.loop": True}, sources_on_demand=True, host="node-a")
+    seen: dict[str, object] = {}
+
+    def drive() -> None:
+        try:
+            wait_for(lambda: out.exists(), 60, "the recorder to open")
+            time.sleep(1.0)
+            seen["before_start"] = len(read_lines(out))
+            supervisor.start_source("door")
+            wait_for(lambda: len(frames_of(read_lines(out), "door")) >= 10, 30, "frames of the started camera")
+            supervisor.stop_source("door", within_s=2.0)
+            wait_for(lambda: any(line.get("reason") == "stopped" for line in read_lines(out)), 10,
+                     "the stopped camera's end of stream")
+            time.sleep(1.0)  # longer than a restart back-off: a released source must stay stopped
+            seen["after_stop"] = len(frames_of(read_lines(out), "door"))
+            time.sleep(0.5)
+            seen["later"] = len(frames_of(read_lines(out), "door"))
+            supervisor.start_source("door")
+            wait_for(lambda: len({f["epoch"] for f in frames_of(read_lines(out), "door")}) == 2, 30,
+                     "frames of the camera started again")
+        except AssertionError as exc:
+            seen["failure"] = exc
+        finally:
+            supervisor.stop()
+
+    driver = threading.Thread(target=drive)
+    driver.start()
+    with caplog.at_level("INFO", logger="pipeline.supervisor"):
+        result = supervisor.run()
+    driver.join()
+    assert "failure" not in seen, seen.get("failure")
+    assert seen["before_start"] == 0
+    assert seen["after_stop"] == seen["later"]
+    assert not frames_of(read_lines(out), "hall")
+    assert result.exit_code == 0
+    opened = [r.message for r in caplog.records if r.message.startswith("source started camera=door host=node-a")]
+    closed = [r.message for r in caplog.records if r.message.startswith("source stopped camera=door host=node-a")]
+    assert len(opened) == 2 and len(closed) == 1

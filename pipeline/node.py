@@ -1,0 +1,62 @@
+"""One host of a site: the pipeline of this machine, reading the cameras it holds.
+
+A node is a normal run (one supervisor, the stages once, a source process per camera) whose sources run on demand.
+With `node.leases` its cameras are candidates: a source starts when this host gains a camera's lease and stops when
+it loses it, within a quarter of the TTL (a `Stop`, then a kill), so that with the fence at half the TTL it has
+stopped before any other host can take the camera. The leases are taken only once every stage is ready: a host
+that cannot run its stages holds nothing. Without leases every camera of `streams:` runs here, as one host of a
+site configured by hand. On the way out the sources stop first and the leases are released after, so a camera is
+free for others only once nothing here reads it.
+
+The leaseholder is passed in (`engines.leases.CameraLeases`, or anything with the same three members), so this
+module stays free of the broker. Must not import `stages` or `engines`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from pipeline.stage import Stage
+from pipeline.supervisor import RunResult, Supervisor
+
+log = logging.getLogger(__name__)
+
+
+class Leaseholder(Protocol):
+    """Holds camera leases; reports each gained (True) and lost (False) camera through `on_change`."""
+
+    on_change: Callable[[str, bool], None] | None
+
+    def start(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def run_node(config: Any, stages: Mapping[str, type[Stage]], leases: Leaseholder | None = None) -> RunResult:
+    """Run this host's pipeline until stopped (signal or failure), its cameras following `leases` (None: all)."""
+    node = config.node
+    supervisor = Supervisor(config, stages, sources_on_demand=True, host=node.host,
+                            on_ready=leases.start if leases is not None else None)
+    cameras = [stream.id for stream in config.streams]
+    if leases is None:
+        for camera in cameras:
+            supervisor.start_source(camera)
+        log.info("node site=%s host=%s reads its cameras %s", node.site, node.host, ", ".join(cameras))
+        return supervisor.run()
+    stop_within_s = node.leases.ttl_s / 4
+
+    def follow(camera: str, held: bool) -> None:
+        if held:
+            supervisor.start_source(camera)
+        else:
+            supervisor.stop_source(camera, stop_within_s)
+
+    leases.on_change = follow
+    log.info("node site=%s host=%s reads whichever of %s it holds (lease TTL %g s)", node.site, node.host,
+             ", ".join(cameras), node.leases.ttl_s)
+    try:
+        return supervisor.run()
+    finally:
+        leases.close()
