@@ -1,10 +1,10 @@
 """The runners that host one stage (or one source) in one OS process, and the process entry point.
 
 `StageRunner`: input edge -> `StageDriver` -> output edge, with custody-based acknowledgements, duplicate removal,
-heartbeats and ticks. `SourceRunner`: reads its inputs one after another into a shared-memory ring and sends
-FrameRecords, with the live drop-oldest queue (a capture thread feeding a bounded deque) or the lossless batch policy
-(read only when the edge has credit), then an EndOfStream each. `run_process` is what the supervisor spawns. Must not
-import `stages` or `engines`.
+heartbeats and ticks. `SourceRunner`: reads its inputs one after another, each frame decoded straight into a free
+slot of a shared-memory ring (`FrameSlots`), and sends FrameRecords, with the live drop-oldest queue (a capture
+thread feeding a bounded deque) or the lossless batch policy (read only when the edge has credit), then an
+EndOfStream each. `run_process` is what the supervisor spawns. Must not import `stages` or `engines`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import zmq
+from numpy.typing import NDArray
 
 from pipeline.config import RuntimeConfig, StageConfig, StreamSpec
 from pipeline.driver import StageDriver
@@ -119,6 +121,81 @@ def heap_trimmer() -> Callable[[], None]:
         trim(0)
 
     return trim_heap
+
+
+@dataclass(frozen=True, eq=False)
+class Slot:
+    """One shared-memory slot taken for a frame: readers refuse it until it is published. `pixels` is the one view
+    of it a frame is decoded into, so `frame.pixels is slot.pixels` tells that the frame is in the slot."""
+
+    ring: FrameRing
+    index: int
+    pixels: NDArray[np.uint8]
+
+
+class FrameSlots:
+    """The source's shared-memory slots: rings of one frame size each, a new ring when the size changes, a ring
+    removed once no frame in it is in use.
+
+    A slot is taken before a frame is decoded into it and returned when the whole chain has acknowledged the frame,
+    or at once when the frame is not sent (skipped, dropped, failed). A live input's capture thread takes slots
+    while the sending thread returns them, hence the lock.
+    """
+
+    def __init__(self, run_id: str, process: str, incarnation: int, slots_per_ring: int) -> None:
+        self._name_parts = (run_id, process, str(incarnation))
+        self.slots_per_ring = slots_per_ring
+        self.rings: dict[str, FrameRing] = {}
+        self._free: dict[str, deque[int]] = {}
+        self._in_use: dict[str, int] = {}
+        self._count = 0
+        self._current: str | None = None
+        self._lock = threading.Lock()
+
+    def has_free(self) -> bool:
+        """Whether `take` for the current frame size would give a slot (also before the first ring)."""
+        with self._lock:
+            return self._current is None or bool(self._free[self._current])
+
+    def take(self, shape: tuple[int, ...]) -> Slot | None:
+        """A free slot for a frame of `shape` (H, W, 3), opened for writing; None while all are in use."""
+        with self._lock:
+            ring = self.rings.get(self._current) if self._current else None
+            if ring is None or ring.slot_shape != tuple(shape):
+                self._count += 1
+                name = ring_name(self._name_parts[0], *self._name_parts[1:], str(self._count))
+                ring = self.rings[name] = FrameRing(name, self.slots_per_ring, *shape)
+                self._free[name] = deque(range(self.slots_per_ring))
+                self._in_use[name] = 0
+                self._current = name
+                self._retire_idle()
+            free = self._free[ring.name]
+            if not free:
+                return None
+            index = free.popleft()
+            self._in_use[ring.name] += 1
+        return Slot(ring, index, ring.begin(index))
+
+    def release(self, slot: Slot) -> None:
+        """Return a slot: its frame was acknowledged by the whole chain, or never sent."""
+        with self._lock:
+            name = slot.ring.name
+            if name not in self.rings:
+                return
+            self._free[name].append(slot.index)
+            self._in_use[name] -= 1
+            self._retire_idle()
+
+    def _retire_idle(self) -> None:
+        for name in [n for n in self.rings if n != self._current and self._in_use[n] == 0]:
+            self.rings.pop(name).close(unlink=True)
+            del self._free[name], self._in_use[name]
+
+    def close(self) -> None:
+        with self._lock:
+            for ring in self.rings.values():
+                ring.close(unlink=True)
+            self.rings.clear()
 
 
 class _Base:
@@ -357,74 +434,74 @@ class SourceRunner(_Base):
         self.output = spec.output
         self.stage: SourceStage
         self.epoch_live = time.time_ns()
-        self.rings: dict[str, FrameRing] = {}
-        self.ring_in_use: dict[str, int] = {}
-        self.free_slots: dict[str, deque[int]] = {}
+        # A live input's waiting frames and the one being decoded hold slots too, beside the window in flight.
+        queue_frames = getattr(spec.config, "live_queue_frames", 0)
+        self.slots = FrameSlots(spec.run_id, spec.process, spec.incarnation, spec.output.window + queue_frames + 1)
         self.acked_seq: dict[str, int] = dict(spec.resume_after_seq)
-        self.ring_count = 0
-        self.current_ring: str | None = None
 
     def heartbeat_extra(self) -> dict[str, Any]:
         return {"acked_seq": dict(self.acked_seq)}
 
     # --- shared-memory slots -------------------------------------------------------------------------------
-    def _slot_for(self, frame: CapturedFrame, stream_id: str) -> tuple[str, int] | None:
-        """A free slot in a ring of the frame's size (a new ring when the size changes); None if all are busy."""
-        shape = frame.pixels.shape
-        ring = self.rings.get(self.current_ring) if self.current_ring else None
-        if ring is None or ring.slot_shape != shape:
-            self.ring_count += 1
-            name = ring_name(self.spec.run_id, self.spec.process, str(self.spec.incarnation), str(self.ring_count))
-            self.rings[name] = FrameRing(name, self.output.window, *shape)
-            self.free_slots[name] = deque(range(self.output.window))
-            self.ring_in_use[name] = 0
-            self.current_ring = name
-            self._retire_idle_rings()
-        free = self.free_slots[self.current_ring]
-        if not free:
-            return None
-        return self.current_ring, free.popleft()
+    def _read(self, source: FrameSource) -> tuple[CapturedFrame | None, Slot | None]:
+        """The next frame, decoded into a free slot of the size the source expects when there is one; a slot the
+        frame does not end up in is the sender's to return (`_in_slot`), one with no frame is returned here."""
+        shape = source.frame_shape
+        slot = self.slots.take(shape) if self.output.frame_encoding == "shm" and shape else None
+        frame = None
+        try:
+            frame = source.read(into=slot.pixels if slot is not None else None)
+        finally:
+            if frame is None and slot is not None:
+                self.slots.release(slot)
+        return (frame, slot) if frame is not None else (None, None)
 
-    def _retire_idle_rings(self) -> None:
-        for name in [n for n in self.rings if n != self.current_ring and self.ring_in_use[n] == 0]:
-            self.rings.pop(name).close(unlink=True)
-            del self.free_slots[name], self.ring_in_use[name]
+    def _in_slot(self, frame: CapturedFrame, slot: Slot | None) -> Slot | None:
+        """The slot holding the frame's pixels: the one it was decoded into, else (size changed, no slot was free)
+        a copy, counted, into a slot of its size; None if stopped while waiting for one."""
+        if slot is not None and frame.pixels is slot.pixels:
+            return slot
+        reason = "no_slot" if slot is None else "size_changed"
+        if slot is not None:
+            self.slots.release(slot)
+        while (slot := self.slots.take(frame.pixels.shape)) is None:
+            if self.stop_requested:
+                return None
+            self._service(self.runtime.tick_ms)
+        np.copyto(slot.pixels, frame.pixels)
+        self.metrics.inc("frames_copied_total", reason=reason)
+        return slot
 
     def _on_acked(self, tokens: list[Any]) -> None:
         for token in tokens:
             if token is None:
                 continue
-            stream_id, seq, ring, slot = token
+            stream_id, seq, slot = token
             self.acked_seq[stream_id] = max(seq, self.acked_seq.get(stream_id, -1))
-            if ring is not None and ring in self.rings:
-                self.free_slots[ring].append(slot)
-                self.ring_in_use[ring] -= 1
-        self._retire_idle_rings()
+            if slot is not None:
+                self.slots.release(slot)
 
-    def _can_send(self) -> bool:
+    def _has_credit(self) -> bool:
         assert self.sender is not None
-        if not self.sender.has_credit or self.sender.pending:
-            return False
-        if self.output.frame_encoding != "shm" or self.current_ring is None:
-            return True
-        return bool(self.free_slots[self.current_ring])
+        return self.sender.has_credit and not self.sender.pending
 
-    def _send_frame(self, stream_id: str, epoch: int, fps: float, frame: CapturedFrame) -> None:
+    def _can_read(self) -> bool:
+        """Batch mode reads a frame only when it can be sent at once: credit, and a slot to decode into."""
+        return self._has_credit() and (self.output.frame_encoding != "shm" or self.slots.has_free())
+
+    def _send_frame(self, stream_id: str, epoch: int, fps: float, frame: CapturedFrame, slot: Slot | None) -> None:
         assert self.sender is not None
         height, width = frame.pixels.shape[:2]
         if self.output.frame_encoding == "shm":
-            placed = self._slot_for(frame, stream_id)
-            if placed is None:  # only when a resized stream met a full ring: wait for acks
-                raise _NoSlot
-            ring_id, slot = placed
-            generation = self.rings[ring_id].write(slot, frame.pixels)
-            self.ring_in_use[ring_id] += 1
-            pixels = self.rings[ring_id].view(slot)
-            image = Frame(height, width, pixels, ring_id, slot, generation)
-            token = (stream_id, frame.index, ring_id, slot)
+            placed = self._in_slot(frame, slot)
+            if placed is None:
+                return
+            generation = placed.ring.publish(placed.index)
+            image = Frame(height, width, placed.pixels, placed.ring.name, placed.index, generation)
+            token = (stream_id, frame.index, placed)
         else:
             image = Frame(height, width, frame.pixels)
-            token = (stream_id, frame.index, None, None)
+            token = (stream_id, frame.index, None)
         record = FrameRecord(stream_id, frame.index, epoch, frame.capture_ns, frame.pts_s, fps, image)
         self.sender.send(encode(record, frame_encoding=self.output.frame_encoding), token)
         self.metrics.inc("frames_out_total")
@@ -498,34 +575,28 @@ class SourceRunner(_Base):
         resume_after = self.spec.resume_after_seq.get(stream_id, -1)
         delivered = 0
         while not self.stop_requested:
-            self._service(0 if self._can_send() else self.runtime.tick_ms)
-            if not self._can_send():
+            self._service(0 if self._can_read() else self.runtime.tick_ms)
+            if not self._can_read():
                 continue
             try:
-                frame = source.read()
+                frame, slot = self._read(source)
             except SourceError as exc:
                 exc.frames = delivered  # type: ignore[attr-defined]
                 raise
             if frame is None:
                 break
             delivered += 1
-            if frame.index <= resume_after:
-                continue  # delivered before this source restarted
-            self._send_or_wait(stream_id, 0, source.fps, frame)
+            if frame.index <= resume_after:  # delivered before this source restarted
+                if slot is not None:
+                    self.slots.release(slot)
+                continue
+            self._send_frame(stream_id, 0, source.fps, frame, slot)
         return delivered
-
-    def _send_or_wait(self, stream_id: str, epoch: int, fps: float, frame: CapturedFrame) -> None:
-        while not self.stop_requested:
-            try:
-                self._send_frame(stream_id, epoch, fps, frame)
-                return
-            except _NoSlot:
-                self._service(self.runtime.tick_ms)
 
     def _pump_live(self, source: FrameSource, stream_id: str, epoch: int, queue_frames: int) -> int:
         """A capture thread keeps reading at the camera's pace; when the chain is behind, the oldest waiting frame
         is dropped and counted, so what reaches the chain is always recent."""
-        waiting: deque[CapturedFrame] = deque()
+        waiting: deque[tuple[CapturedFrame, Slot | None]] = deque()
         lock = threading.Lock()
         done = threading.Event()
         failure: list[SourceError] = []
@@ -540,15 +611,15 @@ class SourceRunner(_Base):
         def capture() -> None:
             try:
                 while not done.is_set():
-                    frame = source.read()
+                    frame, slot = self._read(source)
                     if frame is None:
                         break
                     captured[0] += 1
                     with lock:
                         if len(waiting) >= queue_frames:
-                            waiting.popleft()
+                            self._drop(waiting.popleft())
                             self.metrics.inc("dropped_total", reason="live_queue_full")
-                        waiting.append(frame)
+                        waiting.append((frame, slot))
                     with send_lock:
                         wake_send.send(b"", flags=zmq.NOBLOCK)
             except SourceError as exc:
@@ -570,12 +641,12 @@ class SourceRunner(_Base):
                 self._service(self.runtime.tick_ms)
                 while wake_recv.poll(0):
                     wake_recv.recv()
-                while self._can_send():
+                while self._has_credit():
                     with lock:
-                        frame = waiting.popleft() if waiting else None
-                    if frame is None:
+                        entry = waiting.popleft() if waiting else None
+                    if entry is None:
                         break
-                    self._send_or_wait(stream_id, epoch, source.fps, frame)
+                    self._send_frame(stream_id, epoch, source.fps, *entry)
                     delivered += 1
                 with lock:
                     empty = not waiting
@@ -586,6 +657,9 @@ class SourceRunner(_Base):
             source.interrupt()
             self.poller.unregister(wake_recv)
             thread.join(timeout=5.0)
+            with lock:
+                while waiting:
+                    self._drop(waiting.popleft())
             with send_lock:
                 wake_send.close(linger=0)
             wake_recv.close(linger=0)
@@ -594,15 +668,16 @@ class SourceRunner(_Base):
             raise failure[0]
         return delivered
 
+    def _drop(self, entry: tuple[CapturedFrame, Slot | None]) -> None:
+        """A captured frame that will not be sent gives its slot back."""
+        slot = entry[1]
+        if slot is not None:
+            self.slots.release(slot)
+
     def close(self) -> None:
         self.stage.close()
-        for ring in self.rings.values():
-            ring.close(unlink=True)
+        self.slots.close()
         super().close()
-
-
-class _NoSlot(Exception):
-    """No free shared-memory slot right now."""
 
 
 def run_process(spec: ProcessSpec) -> None:

@@ -2,8 +2,9 @@
 
 A ring is a file in /dev/shm mapped by every process that touches it (plain `mmap`, so Python's resource tracker
 never unlinks a ring behind our back). Layout: a 64-byte header, then one int64 generation per slot, then the
-slots. The writer sets a slot's generation to -1 while it copies pixels in and to a fresh positive number after;
-a reader accepts a slot only if its generation still equals the one in the message (`StaleFrame` otherwise).
+slots. The writer sets a slot's generation to -1 while pixels go in (the source decodes straight into the slot) and
+to a fresh positive number when they are complete; a reader accepts a slot only if its generation still equals the
+one in the message (`StaleFrame` otherwise).
 The source reuses a slot only after the whole chain has acknowledged the frame in it, so in practice the check
 catches bugs and foreign writers, not races.
 
@@ -105,14 +106,22 @@ class FrameRing:
     def slot_shape(self) -> tuple[int, int, int]:
         return self._ring.slot_shape
 
-    def write(self, slot: int, pixels: NDArray[np.uint8]) -> int:
-        """Copy a frame into `slot`; returns the generation readers must present."""
+    def begin(self, slot: int) -> NDArray[np.uint8]:
+        """Open `slot` for writing: readers refuse it until `publish`; returns the writable view to fill."""
+        self._ring.generations[slot] = -1
+        return self._ring.data[slot]
+
+    def publish(self, slot: int) -> int:
+        """Mark `slot` complete; returns the generation readers must present."""
         generation = self._next_generation
         self._next_generation += 1
-        self._ring.generations[slot] = -1
-        np.copyto(self._ring.data[slot], pixels)
         self._ring.generations[slot] = generation
         return generation
+
+    def write(self, slot: int, pixels: NDArray[np.uint8]) -> int:
+        """Copy a frame into `slot` and publish it; returns the generation readers must present."""
+        np.copyto(self.begin(slot), pixels)
+        return self.publish(slot)
 
     def view(self, slot: int) -> NDArray[np.uint8]:
         """The writer's own view of a slot (valid until the slot is written again)."""

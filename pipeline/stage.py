@@ -120,17 +120,23 @@ class CapturedFrame:
 
 class FrameSource(Protocol):
     """A video input. `read` blocks at most the source's read timeout, reconnects live inputs internally, returns
-    None at the end of the input, and raises SourceError when the input is lost for good."""
+    None at the end of the input, and raises SourceError when the input is lost for good.
+
+    `read(into=buffer)` puts the frame's pixels straight into `buffer` (a shared-memory slot) when the frame has
+    its shape, and then `CapturedFrame.pixels is buffer`; otherwise the pixels come in a new array. `frame_shape`,
+    the (H, W, 3) the next frame is expected to have, lets the caller pick a buffer that fits before decoding.
+    """
 
     stream_id: str
     uri: str
     live: bool
     fps: float
     frame_count: int | None
+    frame_shape: tuple[int, int, int] | None
 
     def open(self) -> None: ...
 
-    def read(self) -> CapturedFrame | None: ...
+    def read(self, into: NDArray[np.uint8] | None = None) -> CapturedFrame | None: ...
 
     def interrupt(self) -> None:
         """Make a read() blocked in another thread (waiting, reconnecting) return None soon."""

@@ -5,6 +5,10 @@ timeout, so a dead camera cannot hang the pipeline. A recorded file is read as f
 (batch) or at its native frame rate (when run as a live stream, e.g. to simulate cameras), once or on repeat
 (`loop`, for simulated cameras and soak runs). Rotation for cameras mounted sideways happens here, before anything
 looks at the pixels.
+
+Pixels are written once, where the caller wants them (`read(into=slot)`: OpenCV converts the decoded picture to BGR
+straight into the source runner's shared-memory slot). A rotated camera is decoded into a buffer the source reuses
+and rotated into the slot: the rotation has to move every pixel anyway, so it is the one write.
 """
 
 from __future__ import annotations
@@ -55,7 +59,7 @@ class SourceSettings(SourceConfig):
     rtsp_transport: str = Field("tcp", pattern="^(tcp|udp)$", description="RTSP over TCP survives lossy networks")
     fps_limit: float | None = Field(
         None, gt=0, description="deliver at most this many frames per second of media time, files and cameras "
-        "alike (the rest is read and skipped, so a live stream never lags)")
+        "alike (the rest is decoded and skipped, so a live stream never lags)")
     loop: bool = Field(
         False, description="replay recorded files from the start when they end, until stopped (simulated cameras)"
     )
@@ -135,6 +139,8 @@ class VideoSource:
         self.native_fps = 0.0  # the input's own rate: media time and pacing follow it
         self.fps = 0.0  # the rate frames are delivered at (capped by fps_limit): what downstream sees
         self.frame_count: int | None = None
+        self.frame_shape: tuple[int, int, int] | None = None  # (H, W, 3) the next frame should have
+        self._decoded: np.ndarray | None = None  # a rotated camera's frame before rotation, reused
         self._capture: cv2.VideoCapture | None = None
         self._index = 0
         self._opened_ns = 0
@@ -169,6 +175,10 @@ class VideoSource:
         self.native_fps = self._native_fps(float(capture.get(cv2.CAP_PROP_FPS) or 0.0))
         limit = self.settings.fps_limit
         self.fps = min(self.native_fps, limit) if limit else self.native_fps
+        height, width = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)), int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
+        if self.rotation in (cv2.ROTATE_90_CLOCKWISE, cv2.ROTATE_90_COUNTERCLOCKWISE):
+            height, width = width, height
+        self.frame_shape = (height, width, 3) if height > 0 and width > 0 else None
         if not self.live:
             count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
             self.frame_count = count if count > 0 else None
@@ -220,61 +230,82 @@ class VideoSource:
             self._interrupted.wait(delay)
         self._next_due_s = max(self._next_due_s + 1.0 / rate, time.monotonic() - 1.0 / rate)
 
-    def _frame(self, pixels: np.ndarray) -> CapturedFrame:
-        if self.rotation is not None:
-            pixels = cv2.rotate(pixels, self.rotation)
-        now_ns = time.monotonic_ns()
+    def _media_time_s(self) -> float:
+        """Of the frame just grabbed: time since opening for live streams, the frame's own time for files."""
         if self.live:
-            pts_s = (now_ns - self._opened_ns) / 1e9
+            return (time.monotonic_ns() - self._opened_ns) / 1e9
+        return self._index / self.native_fps
+
+    def _retrieve(self, into: np.ndarray | None) -> np.ndarray | None:
+        """The grabbed frame as BGR pixels, in `into` when it fits (then `into` itself is returned)."""
+        assert self._capture is not None
+        if self.rotation is None:
+            ok, pixels = self._capture.retrieve(image=into)
         else:
-            pts_s = self._index / self.native_fps
-        frame = CapturedFrame(np.ascontiguousarray(pixels), self._index, pts_s, now_ns)
-        self._index += 1
-        return frame
+            ok, self._decoded = self._capture.retrieve(image=self._decoded)
+            pixels = cv2.rotate(self._decoded, self.rotation, dst=into) if ok else None
+        if not ok or pixels is None:
+            return None
+        in_place = into is not None and pixels.shape == into.shape and pixels.ctypes.data == into.ctypes.data
+        return into if in_place else pixels
 
-    def read(self) -> CapturedFrame | None:
-        """The next frame to deliver: with `fps_limit`, frames closer than 1/fps_limit of media time to the last
-        delivered one are read and skipped (decoding cannot be skipped, but everything after it can)."""
-        while True:
-            frame = self._read_any()
+    def read(self, into: np.ndarray | None = None) -> CapturedFrame | None:
+        """The next frame to deliver, in `into` when it has the frame's shape (see `FrameSource`).
+
+        With `fps_limit`, frames closer than 1/fps_limit of media time to the last delivered one are grabbed and
+        skipped: decoding cannot be skipped, but their conversion to BGR and every write of their pixels can.
+        """
+        grabbed = self._grab()
+        while grabbed:
+            pts_s = self._media_time_s()
             limit = self.settings.fps_limit
-            if frame is None or not limit or frame.pts_s + 0.25 / self.native_fps >= self._next_pts_s:
-                if frame is not None and limit:
-                    self._next_pts_s = max(self._next_pts_s + 1.0 / limit, frame.pts_s + 0.75 / limit)
-                return frame
+            if limit and pts_s + 0.25 / self.native_fps < self._next_pts_s:
+                self._index += 1
+                grabbed = self._grab()
+                continue
+            pixels = self._retrieve(into)
+            if pixels is None:
+                grabbed = self._after_failed_read()
+                continue
+            if limit:
+                self._next_pts_s = max(self._next_pts_s + 1.0 / limit, pts_s + 0.75 / limit)
+            frame = CapturedFrame(pixels, self._index, pts_s, time.monotonic_ns())
+            self._index += 1
+            self.frame_shape = pixels.shape
+            return frame
+        return None
 
-    def _read_any(self) -> CapturedFrame | None:
+    def _grab(self) -> bool:
+        """Advance to the next frame, decoded but not yet converted; False at the end or when interrupted."""
         if self._interrupted.is_set():
-            return None
+            return False
         self._pace()
-        if self._capture is not None:
-            ok, pixels = self._capture.read()
-            if ok and pixels is not None:
-                return self._frame(pixels)
-        if not self.live:
-            played = self._index - self._pass_start
-            if self.frame_count and played < self.frame_count - TRUNCATION_TOLERANCE_FRAMES:
-                raise SourceError(f"{self.uri} is truncated: it ends after {played} of the {self.frame_count} "
-                                  "frames it declares")
-            if self.settings.loop and played:
-                return self._replay()
-            return None
-        return self._reconnect()
+        if self._capture is not None and self._capture.grab():
+            return True
+        return self._after_failed_read()
 
-    def _replay(self) -> CapturedFrame | None:
+    def _after_failed_read(self) -> bool:
+        """The end of a file (or, looped, its next pass) or a lost live stream; True once a frame is grabbed again."""
+        if self.live:
+            return self._reconnect()
+        played = self._index - self._pass_start
+        if self.frame_count and played < self.frame_count - TRUNCATION_TOLERANCE_FRAMES:
+            raise SourceError(f"{self.uri} is truncated: it ends after {played} of the {self.frame_count} "
+                              "frames it declares")
+        return bool(self.settings.loop and played) and self._replay()
+
+    def _replay(self) -> bool:
         """Reopen a looped file at its start; frame indices and media time keep counting, so the stream goes on."""
         if self._capture is not None:
             self._capture.release()
             self._capture = None
         self._pass_start = self._index
-        if self._try_open() is None:
-            ok, pixels = self._capture.read()  # type: ignore[union-attr]
-            if ok and pixels is not None:
-                return self._frame(pixels)
+        if self._try_open() is None and self._capture.grab():  # type: ignore[union-attr]
+            return True
         log.warning("%s no longer decodes; stopping its replay stream=%s", self.uri, self.stream_id)
-        return None
+        return False
 
-    def _reconnect(self) -> CapturedFrame | None:
+    def _reconnect(self) -> bool:
         """Reopen a lost live stream with capped exponential back-off; SourceError after max_outage_s."""
         lost_at = time.monotonic()
         delay = self.settings.reconnect_backoff_initial_s
@@ -285,12 +316,10 @@ class VideoSource:
                 self._capture.release()
                 self._capture = None
             attempt += 1
-            if self._try_open() is None:
-                ok, pixels = self._capture.read()  # type: ignore[union-attr]
-                if ok and pixels is not None:
-                    log.info("stream restored after %.1fs stream=%s attempts=%d",
-                             time.monotonic() - lost_at, self.stream_id, attempt)
-                    return self._frame(pixels)
+            if self._try_open() is None and self._capture.grab():  # type: ignore[union-attr]
+                log.info("stream restored after %.1fs stream=%s attempts=%d",
+                         time.monotonic() - lost_at, self.stream_id, attempt)
+                return True
             outage = time.monotonic() - lost_at
             if self.settings.max_outage_s is not None and outage > self.settings.max_outage_s:
                 raise SourceError(f"stream {self.uri} lost for {outage:.0f}s (max_outage_s="
@@ -298,7 +327,7 @@ class VideoSource:
             log.info("reconnect failed; next try in %.1fs stream=%s attempt=%d", delay, self.stream_id, attempt)
             self._interrupted.wait(delay)
             delay = min(delay * 2, self.settings.reconnect_backoff_max_s)
-        return None
+        return False
 
     def interrupt(self) -> None:
         self._interrupted.set()

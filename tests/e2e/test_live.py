@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from pipeline.runner import process_title
 from stages import DEFAULT_GRAPH
 from tests.conftest import REPO_ROOT, wait_for
 from tests.e2e.conftest import RtspServer, pipeline_command, read_events
+from tests.pipeline.runtime_stages import read_lines, run_graph
 
 pytestmark = pytest.mark.slow
 
@@ -88,3 +90,35 @@ def test_every_stage_is_a_process_and_a_killed_one_is_restarted(live_run: LiveRu
     assert live_run.stop() == 0, live_run.log()[-3000:]
     log = live_run.log()
     assert "restarting" in log.lower(), log[-3000:]
+
+
+def test_a_camera_back_at_another_resolution_gets_a_new_ring_after_one_copy(rtsp_server: RtspServer, videos: Path,
+                                                                              tmp_path: Path):
+    """The frame after the reconnect was decoded before its size was known, so it is copied once into a ring of the
+    new size (counted); every later frame is decoded straight into that ring."""
+    out = tmp_path / "rec.jsonl"
+    landscape = (720, 1280, 3)
+
+    def shapes() -> list[tuple[int, ...]]:
+        return [tuple(line["shape"]) for line in read_lines(out) if "seq" in line] if out.exists() else []
+
+    def swap_camera() -> None:
+        wait_for(lambda: len(shapes()) >= 20, 90, "frames from the first camera")
+        rtsp_server.stop()
+        rtsp_server.clip = videos / "aiog_rotated_sideways.mp4"
+        rtsp_server.start()
+        wait_for(lambda: shapes().count(landscape) >= 20, 90, "frames from the camera at its new resolution")
+        rtsp_server.stop()
+
+    thread = threading.Thread(target=swap_camera)
+    thread.start()
+    result = run_graph([{"uri": rtsp_server.url, "id": "cam"}],
+                       {"stages.recorder.path": str(out), "stages.source.max_outage_s": 3,
+                        "stages.source.reconnect_backoff_initial_s": 0.2, "stages.source.fps_limit": None})
+    thread.join()
+    seen = shapes()
+    counters = result.metrics["source-0"]["counters"]
+    assert seen[0] == (1280, 720, 3) and seen[-1] == landscape
+    assert set(seen[seen.index(landscape):]) == {landscape}
+    assert {k: v for k, v in counters.items() if k.startswith("frames_copied_total")} == {
+        'frames_copied_total{reason="size_changed"}': 1}

@@ -36,7 +36,7 @@ class PassThrough(Stage):
 
 
 class RecordingSink(Stage):
-    """Appends one JSON line per record (stream, seq, pixel checksum) to a file; the test reads it."""
+    """Appends one JSON line per record (stream, seq, frame shape, pixel checksum) to a file; the test reads it."""
 
     name = "recorder"
 
@@ -49,6 +49,7 @@ class RecordingSink(Stage):
     def process(self, record: FrameRecord) -> list[DataMessage]:
         pixels = record.frame.pixels
         self.file.write(json.dumps({"stream": record.stream_id, "seq": record.seq, "epoch": record.epoch,
+                                    "shape": list(pixels.shape),
                                     "sum": int(np.asarray(pixels[::16, ::16], np.int64).sum()),
                                     "pid": os.getpid()}) + "\n")
         return []

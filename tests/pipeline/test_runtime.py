@@ -49,6 +49,12 @@ def frames_of(lines: list[dict], stream: str) -> list[dict]:
     return [line for line in lines if line.get("stream") == stream and "seq" in line]
 
 
+def copies(result) -> dict[str, int]:
+    """The source's copies of frames into shared memory, by reason (none when every frame is decoded in place)."""
+    counters = result.metrics["source-0"]["counters"]
+    return {key: value for key, value in counters.items() if key.startswith("frames_copied_total")}
+
+
 def test_batch_run_delivers_every_frame_once_in_order(tmp_path, outdoor_clip):
     out = tmp_path / "rec.jsonl"
     result = run_graph([{"uri": str(outdoor_clip), "id": "ab"}], {"stages.recorder.path": str(out)})
@@ -59,6 +65,21 @@ def test_batch_run_delivers_every_frame_once_in_order(tmp_path, outdoor_clip):
     assert [f["sum"] for f in frames] == checksums(outdoor_clip)
     assert lines[-1] == {"stream": "ab", "eos": 211, "reason": "end"}
     assert result.metrics["recorder"]["counters"]["frames_in_total"] == 211
+    assert copies(result) == {}, "every frame is decoded straight into its shared-memory slot"
+
+
+def test_inputs_of_different_sizes_each_get_a_ring_without_copies(tmp_path, outdoor_clip, videos):
+    """720p, then 360x480, then 720p again from one source process: every frame still lands in place."""
+    out = tmp_path / "rec.jsonl"
+    pets = videos / "vtest_pets2009_480x360.avi"
+    streams = [{"uri": str(outdoor_clip), "id": "a"}, {"uri": str(pets), "id": "pets"},
+               {"uri": str(outdoor_clip), "id": "b"}]
+    result = run_graph(streams, {"stages.recorder.path": str(out), "stages.source.fps_limit": 10})
+    lines = read_lines(out)
+    assert result.exit_code == 0
+    assert {tuple(f["shape"]) for f in frames_of(lines, "pets")} == {(360, 480, 3)}
+    assert [f["sum"] for f in frames_of(lines, "b")] == checksums(outdoor_clip)[::3]
+    assert copies(result) == {}
 
 
 def test_killed_stage_restarts_and_batch_mode_loses_nothing(tmp_path, outdoor_clip):
@@ -101,6 +122,7 @@ def test_live_mode_drops_oldest_frames_and_counts_each_drop(tmp_path, outdoor_cl
     assert drops > 50, "a 70 ms stage behind a 30 fps source must shed frames"
     assert len(seqs) + drops == 211, "every frame is either delivered or counted as dropped"
     assert sum(b - a - 1 for a, b in zip(seqs, seqs[1:])) + seqs[0] + (210 - seqs[-1]) == drops
+    assert copies(result) == {}, "waiting and dropped frames hold their own slots; none is copied"
 
 
 def test_killed_stage_in_live_mode_loses_only_the_outage_and_counts_it(tmp_path, outdoor_clip):

@@ -29,3 +29,18 @@ def test_rings_removed_by_their_source_are_unmapped_by_readers():
         rings[2].close(unlink=True)
         readers.close()
     assert readers.forget_unlinked() == 0
+
+
+def test_a_slot_being_written_is_refused_until_published():
+    """The source decodes straight into a slot: until `publish`, a reader holding an older reference gets nothing."""
+    name = ring_name(secrets.token_hex(4), "cam", "0")
+    ring, readers = FrameRing(name, 1, 4, 6), RingReaders()
+    try:
+        old = ring.write(0, np.full((4, 6, 3), 7, np.uint8))
+        ring.begin(0)[:] = 9
+        with pytest.raises(StaleFrame, match="reused"):
+            readers.resolve(name, 0, old, 4, 6)
+        assert readers.resolve(name, 0, ring.publish(0), 4, 6)[0, 0, 0] == 9
+    finally:
+        ring.close(unlink=True)
+        readers.close()

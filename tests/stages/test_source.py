@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -98,3 +101,61 @@ def test_an_implausible_frame_rate_is_replaced_with_a_warning(tmp_path: Path, ca
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and f"reports {reported:g} frames per second" in warnings[0] \
         and "assuming 25" in warnings[0] and "stream=c" in warnings[0]
+
+
+def decoded(clip: Path) -> list[np.ndarray]:
+    """Every frame of a clip as OpenCV decodes it, independently of the source."""
+    capture = cv2.VideoCapture(str(clip), cv2.CAP_FFMPEG)
+    frames = []
+    while (frame := capture.read()[1]) is not None:
+        frames.append(frame)
+    capture.release()
+    return frames
+
+
+@pytest.mark.parametrize(("rotate", "fps_limit"), [("none", None), ("none", 10.0), ("cw90", None)])
+def test_frames_are_decoded_straight_into_the_callers_buffer(short_clip: Path, rotate: str,
+                                                             fps_limit: float | None):
+    """What the source runner relies on to never copy a frame: `read(into=slot)` leaves the pixels in the slot,
+    for skipped frames too (grabbed, never written) and for a rotated camera (rotated into the slot)."""
+    expected = decoded(short_clip)
+    source = VideoSource(StreamSpec(uri=str(short_clip), id="c", rotate=rotate), SourceSettings(fps_limit=fps_limit),
+                         live=False, realtime=False)
+    source.open()
+    try:
+        assert source.frame_shape is not None
+        buffers = [np.zeros(source.frame_shape, np.uint8) for _ in range(2)]
+        frames = []
+        while (frame := source.read(into=buffers[len(frames) % 2])) is not None:
+            assert frame.pixels is buffers[len(frames) % 2]
+            want = expected[frame.index]
+            assert np.array_equal(frame.pixels, cv2.rotate(want, cv2.ROTATE_90_CLOCKWISE) if rotate == "cw90" else want)
+            frames.append(frame.index)
+    finally:
+        source.close()
+    assert frames == list(range(0, SHORT_CLIP_FRAMES, 3 if fps_limit else 1))
+
+
+def test_a_stream_back_at_another_size_is_read_into_a_new_array_and_its_new_shape_announced(
+        videos: Path, tmp_path: Path):
+    """A camera reconnected at another resolution: the frame cannot go into a buffer of the old size, so it comes
+    in a new array, and `frame_shape` tells the caller the size to use from then on."""
+    camera = tmp_path / "camera.mp4"
+    shutil.copy(videos / "aiog_indoor_C_short.mp4", camera)
+    source = VideoSource(StreamSpec(uri=str(camera), id="cam"),
+                         SourceSettings(reconnect_backoff_initial_s=0.05), live=True, realtime=False)
+    source.open()
+    try:
+        first_shape = source.frame_shape
+        buffer = np.zeros(first_shape, np.uint8)
+        assert source.read(into=buffer).pixels is buffer
+        os.replace(shutil.copy(videos / "vtest_pets2009_480x360.avi", tmp_path / "pets.avi"), camera)
+        for _ in range(SHORT_CLIP_FRAMES - 1):  # the rest of the first camera's stream, then the reconnect
+            assert source.read(into=buffer).pixels is buffer
+        frame = source.read(into=buffer)
+    finally:
+        source.close()
+    assert first_shape == (1280, 720, 3)
+    assert frame.pixels.shape == (360, 480, 3) and frame.pixels is not buffer
+    assert np.array_equal(frame.pixels, decoded(videos / "vtest_pets2009_480x360.avi")[0])
+    assert source.frame_shape == (360, 480, 3)
