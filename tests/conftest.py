@@ -17,6 +17,8 @@ import cv2
 import numpy as np
 import pytest
 
+from engines.testing_postgres import free_port
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -121,13 +123,6 @@ def outdoor_walk_frames(outdoor_clip: Path) -> dict[int, np.ndarray]:
 
 
 # --- real servers for the cluster tests (`pytest -m cluster`) ----------------------------------------------------
-
-
-def free_port() -> int:
-    """A TCP port free on loopback now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def nats_server_binary() -> Path:

