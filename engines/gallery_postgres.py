@@ -339,8 +339,8 @@ class PostgresGalleryStore(GalleryExchange):
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             encoder = conn.execute("SELECT name, embedding_dim, parts FROM gallery_encoder").fetchone()
             rows = conn.execute("SELECT i.name, i.anonymous, e.vector FROM embeddings e "
-                                "JOIN identities i ON i.id = e.identity_id ORDER BY i.name COLLATE \"C\", e.ordinal"
-                                ).fetchall()
+                                "JOIN identities i ON i.id = e.identity_id ORDER BY i.name COLLATE \"C\", e.ordinal",
+                                binary=True).fetchall()
         grouped: dict[str, tuple[bool, list[NDArray[np.float32]]]] = {}
         for name, anonymous, vector in rows:
             grouped.setdefault(name, (anonymous, []))[1].append(vector.to_numpy())
@@ -482,7 +482,8 @@ class GalleryFollower:
             if first:
                 seq = conn.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()[0]
                 identities = conn.execute("SELECT id, name, anonymous FROM identities").fetchall()
-                embeddings = conn.execute("SELECT id, identity_id, ordinal, vector FROM embeddings").fetchall()
+                embeddings = conn.execute("SELECT id, identity_id, ordinal, vector FROM embeddings",
+                                          binary=True).fetchall()
                 touched: set[uuid.UUID] = set()
             else:
                 changes = conn.execute("SELECT seq, identity_id, embedding_ids FROM changes WHERE seq > %s "
@@ -495,7 +496,7 @@ class GalleryFollower:
                 identities = conn.execute("SELECT id, name, anonymous FROM identities WHERE id = ANY(%s)",
                                           (list(touched),)).fetchall()
                 embeddings = conn.execute("SELECT id, identity_id, ordinal, vector FROM embeddings WHERE id = ANY(%s)",
-                                          (added,)).fetchall()
+                                          (added,), binary=True).fetchall()
             encoder = conn.execute("SELECT name, embedding_dim, parts FROM gallery_encoder").fetchone()
         for identity_id in touched - {row[0] for row in identities}:  # deleted since
             self._held.pop(identity_id, None)
