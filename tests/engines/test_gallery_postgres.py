@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
@@ -20,7 +23,7 @@ from engines.matching import GalleryIndex
 from engines.testing_postgres import EmbeddedPostgres, PostgresServerError
 from pipeline.messages import Embeddings, Tracks
 from pipeline.testing import make_record, run_stage
-from tests.conftest import wait_for
+from tests.conftest import REPO_ROOT, wait_for
 
 DIM, PARTS, ENCODER = 64, 4, "enc@1"
 cluster = pytest.mark.cluster
@@ -244,6 +247,51 @@ def test_a_follower_survives_a_killed_server_and_catches_up(caplog: pytest.LogCa
             store.close()
     finally:
         own.stop()
+
+
+def as_user(url: str, user: str) -> str:
+    parts = urlsplit(url)
+    return parts._replace(netloc=f"{user}@{parts.hostname}:{parts.port}").geturl()
+
+
+@cluster
+def test_a_reader_role_follows_and_matches_and_the_server_refuses_its_writes(open_store, gallery_url: str):
+    """tools/gallery.py roles: matchers connect as gaitstream_reader, enrolment as gaitstream_writer."""
+    import psycopg
+
+    from engines.gallery_postgres import GalleryFollower
+
+    open_store().add("alice", vectors(1), encoder=ENCODER, parts=PARTS)
+    made = subprocess.run([sys.executable, str(REPO_ROOT / "tools" / "gallery.py"), "roles", "--gallery", gallery_url],
+                          capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    assert made.returncode == 0, made.stderr
+    reader_url, writer_url = as_user(gallery_url, "gaitstream_reader"), as_user(gallery_url, "gaitstream_writer")
+    reader, writer = open_gallery(reader_url, create=False), open_gallery(writer_url, create=False)
+    follower = GalleryFollower(reader_url)
+    try:
+        wait_for(lambda: names_seen(follower) == ("alice",), 5.0, "the reader's follower to load")
+        writer.add("bob", vectors(2), encoder=ENCODER, parts=PARTS)
+        wait_for(lambda: names_seen(follower) == ("alice", "bob"), 2.0, "the writer's enrolment, by LISTEN")
+        assert GalleryIndex(follower.latest()[1]).query(vectors(2)[:1] + 0.01)[0][0].name == "bob"
+        for refused in (lambda: reader.add("eve", vectors(3), encoder=ENCODER, parts=PARTS),
+                        lambda: reader.delete("alice"), lambda: reader.rename("alice", "eve")):
+            with pytest.raises(GalleryError, match=r"permission denied for table .*enrol with the writer role"):
+                refused()
+        with pytest.raises(GalleryError, match="no INSERT privilege"):
+            reader.check_can_add("eve", ENCODER)
+        assert [i.name for i in reader.identities()] == ["alice", "bob"]
+        writer.delete("alice")
+        writer.delete("bob")  # the gallery empties: the writer drops the search index through the owner's function
+        writer.add("carol", vectors(3, dim=32), encoder="enc@2", parts=PARTS)  # and makes it again
+        wait_for(lambda: names_seen(follower) == ("carol",), 2.0, "carol")
+        with psycopg.connect(writer_url, autocommit=True) as conn:
+            for statement in ("DELETE FROM changes", "DROP TABLE embeddings", "CREATE TABLE extra (x int)"):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    conn.execute(statement)
+    finally:
+        follower.close()
+        reader.close()
+        writer.close()
 
 
 @cluster
