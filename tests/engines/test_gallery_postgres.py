@@ -23,7 +23,7 @@ from engines.matching import GalleryIndex
 from engines.testing_postgres import EmbeddedPostgres, PostgresServerError
 from pipeline.messages import Embeddings, Tracks
 from pipeline.testing import make_record, run_stage
-from tests.conftest import REPO_ROOT, wait_for
+from tests.conftest import REPO_ROOT, TlsFiles, make_tls_files, wait_for
 
 DIM, PARTS, ENCODER = 64, 4, "enc@1"
 cluster = pytest.mark.cluster
@@ -33,11 +33,11 @@ def vectors(seed: int, count: int = 3, dim: int = DIM) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(count, dim)).astype(np.float32)
 
 
-def start_server(settings: dict[str, str] | None = None) -> EmbeddedPostgres:
+def start_server() -> EmbeddedPostgres:
     """A started server, or a skip saying why none can start here."""
     pytest.importorskip("psycopg", reason="the cluster extra is not installed: pip install .[cluster]")
     try:
-        server = EmbeddedPostgres(settings)
+        server = EmbeddedPostgres()
     except PostgresServerError as exc:
         pytest.skip(str(exc))
     try:
@@ -46,6 +46,27 @@ def start_server(settings: dict[str, str] | None = None) -> EmbeddedPostgres:
         server.stop()
         pytest.skip(str(exc))
     return server
+
+
+def start_tls_server(tls: TlsFiles) -> EmbeddedPostgres:
+    """A started server with `ssl=on`: the wheel's is built without SSL, so an installed PostgreSQL's (Debian's
+    /usr/lib/postgresql/*/bin), without pgvector; a skip when there is none."""
+    pytest.importorskip("psycopg", reason="the cluster extra is not installed: pip install .[cluster]")
+    reasons = []
+    for bin_dir in [None, *sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)]:
+        try:
+            server = EmbeddedPostgres(bin_dir=bin_dir)
+        except PostgresServerError as exc:
+            reasons.append(str(exc))
+            continue
+        server.use_tls(tls.certificate, tls.key)
+        try:
+            server.start()
+            return server
+        except PostgresServerError as exc:
+            server.stop()
+            reasons.append(str(exc).strip().splitlines()[-1])
+    pytest.skip(f"no PostgreSQL with SSL here: {'; '.join(reasons)}")
 
 
 @pytest.fixture(scope="session")
@@ -292,6 +313,30 @@ def test_a_reader_role_follows_and_matches_and_the_server_refuses_its_writes(ope
         follower.close()
         reader.close()
         writer.close()
+
+
+@cluster
+def test_tls_verify_full_connects_to_the_right_server_and_refuses_another_ca(tmp_path: Path):
+    """sslmode=verify-full: the server's certificate must be signed by sslrootcert's CA and name the host. libpq
+    does it all from the URL, which the gallery hands over as it is; the refusal comes before any SQL."""
+    import psycopg
+
+    from engines.gallery_postgres import LIVENESS
+
+    tls = make_tls_files(tmp_path / "site")
+    other = make_tls_files(tmp_path / "other")  # a CA that signed nothing this server holds
+    own = start_tls_server(tls)
+    try:
+        for host in ("127.0.0.1", "localhost"):
+            url = f"{own.url().replace('127.0.0.1', host)}?sslmode=verify-full&sslrootcert={tls.ca}"
+            with psycopg.connect(url, **LIVENESS) as conn:
+                assert conn.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone() == (True,)
+        with pytest.raises(GalleryError, match="certificate verify failed"):
+            open_gallery(f"{own.url()}?sslmode=verify-full&sslrootcert={other.ca}")
+        with pytest.raises(GalleryError, match="root certificate file .* does not exist"):
+            open_gallery(f"{own.url()}?sslmode=verify-full&sslrootcert={tmp_path / 'missing.crt'}")
+    finally:
+        own.stop()
 
 
 @cluster
