@@ -171,17 +171,20 @@ def nats_server_binary() -> Path:
 class NatsServer:
     """nats-server with JetStream on a free loopback port, its store in a temporary folder; restartable in place."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: TlsFiles | None = None) -> None:
         self.binary = nats_server_binary()
         self.root = Path(tempfile.mkdtemp(prefix="gaitstream-nats-"))
         self.port = free_port()
-        self.url = f"nats://127.0.0.1:{self.port}"
+        self.tls = tls
+        self.url = f"{'tls' if tls else 'nats'}://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
+        tls = ["--tls", "--tlscert", str(self.tls.certificate), "--tlskey", str(self.tls.key)] if self.tls else []
         with open(self.root / "server.log", "ab") as log:
             self.process = subprocess.Popen([str(self.binary), "-js", "-a", "127.0.0.1", "-p", str(self.port),
-                                             "-sd", str(self.root / "store")], stdout=log, stderr=subprocess.STDOUT)
+                                             "-sd", str(self.root / "store"), *tls],
+                                            stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10
         while not self._accepts_connections():
             if self.process.poll() is not None or time.monotonic() > deadline:
