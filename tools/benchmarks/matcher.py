@@ -75,13 +75,14 @@ def bench_location(requested: str | None) -> Iterator[str | Path]:
         yield location
 
 
-def enrol(store: Gallery, names: tuple[str, ...], vectors: np.ndarray, owners: np.ndarray, parts: int) -> float:
-    """Enrol each identity in its own transaction, as tools/enroll.py does; returns milliseconds per identity."""
+def enrol(store: Gallery, names: tuple[str, ...], vectors: np.ndarray, parts: int) -> float:
+    """Enrol each identity's embeddings (consecutive rows of `vectors`) in its own transaction, as tools/enroll.py
+    does; returns milliseconds per identity."""
     if store.identities():
         raise ValueError(f"{store.path} holds identities: the benchmark enrols synthetic people, give an empty one")
     started = time.perf_counter()
-    for index, name in enumerate(names):
-        store.add(name, vectors[owners == index], encoder=ENCODER, parts=parts)
+    for name, person in zip(names, vectors.reshape(len(names), -1, vectors.shape[1])):
+        store.add(name, person, encoder=ENCODER, parts=parts)
     return (time.perf_counter() - started) * 1e3 / len(names)
 
 
@@ -171,13 +172,13 @@ def sqlite_copy(path: Path, store: Gallery, args: argparse.Namespace, dim: int) 
 
 def run(args: argparse.Namespace) -> dict:
     dim = args.parts * args.part_dim
-    centres, vectors, owners = synthetic_gallery(args.identities, args.per_identity, dim)
+    centres, vectors, _ = synthetic_gallery(args.identities, args.per_identity, dim)
     names = tuple(f"id-{i:05d}" for i in range(args.identities))
     with bench_location(args.gallery) as location:
         backend = "sqlite" if isinstance(location, Path) else "postgresql"
         store = open_gallery(location)
         try:
-            enrol_ms = enrol(store, names, vectors, owners, args.parts)
+            enrol_ms = enrol(store, names, vectors, args.parts)
             copy = follower_copy if backend == "postgresql" else sqlite_copy
             snapshot, changes = copy(location, store, args, dim)
         finally:
