@@ -107,7 +107,25 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TRIGGER changes_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON changes
         FOR EACH STATEMENT EXECUTE FUNCTION gallery_changes_are_append_only();
     """,
+    # Making and dropping an index needs the table's owner; as functions that run with the owner's rights, the
+    # writer role may do it without owning (and so being able to drop) the tables.
+    """
+    CREATE FUNCTION gallery_create_search_index(dim integer) RETURNS void LANGUAGE plpgsql SECURITY DEFINER
+        SET search_path FROM CURRENT AS $$ BEGIN
+            EXECUTE format('CREATE INDEX IF NOT EXISTS embeddings_search ON embeddings '
+                           'USING hnsw ((search::halfvec(%s)) halfvec_ip_ops)', dim);
+        END $$;
+    CREATE FUNCTION gallery_drop_search_index() RETURNS void LANGUAGE sql SECURITY DEFINER
+        SET search_path FROM CURRENT AS $$ DROP INDEX IF EXISTS embeddings_search $$;
+    REVOKE EXECUTE ON FUNCTION gallery_create_search_index(integer), gallery_drop_search_index() FROM PUBLIC;
+    """,
 )
+#: What each role may do (`grant_roles`): matchers read and LISTEN (which needs no grant); enrolment and
+#: `tools/gallery.py` also write, but only through rows (no DDL, no change-log rewriting: the log is append-only).
+READ_TABLES = ("gallery_encoder", "identities", "embeddings", "changes", "schema_migrations")
+WRITE_GRANTS = (("INSERT, UPDATE, DELETE", "gallery_encoder"), ("INSERT, UPDATE, DELETE", "identities"),
+                ("INSERT, UPDATE, DELETE", "embeddings"), ("INSERT", "changes"))
+WRITE_FUNCTIONS = ("gallery_create_search_index(integer)", "gallery_drop_search_index()")
 
 
 def migrate(conn: psycopg.Connection, *, create: bool, location: str) -> None:
@@ -118,8 +136,9 @@ def migrate(conn: psycopg.Connection, *, create: bool, location: str) -> None:
         if not exists and not create:
             raise GalleryError(f"gallery not found: {location} holds no gallery (enrol someone with tools/enroll.py "
                                f"first)")
-        conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations "
-                     "(version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())")
+        if not exists:  # a role without CREATE may open a gallery: even IF NOT EXISTS needs the privilege
+            conn.execute("CREATE TABLE schema_migrations "
+                         "(version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())")
         applied = conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()[0]
         if applied > len(MIGRATIONS):
             raise GalleryError(f"{location}: gallery schema {applied}, this build reads up to {len(MIGRATIONS)}")
@@ -132,9 +151,29 @@ def migrate(conn: psycopg.Connection, *, create: bool, location: str) -> None:
         conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
 
 
-def _search_index_sql(dim: int) -> sql.Composed:
-    return sql.SQL("CREATE INDEX IF NOT EXISTS embeddings_search ON embeddings "
-                   "USING hnsw ((search::halfvec({dim})) halfvec_ip_ops)").format(dim=sql.Literal(dim))
+def grant_roles(conn: psycopg.Connection, *, reader: str, writer: str,
+                passwords: dict[str, str | None] | None = None) -> None:
+    """Create the login roles `reader` (matchers: SELECT, LISTEN) and `writer` (enrolment: also INSERT, UPDATE,
+    DELETE of rows) if missing, and grant them this database's gallery; run as its owner (autocommit connection).
+    A role gets a password only when `passwords` gives one (none: it cannot log in by password)."""
+    database = conn.execute("SELECT current_database()").fetchone()[0]
+    schema = conn.execute("SELECT current_schema()").fetchone()[0]
+    with conn.transaction():
+        for role in (reader, writer):
+            name = sql.Identifier(role)
+            if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone():
+                conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(name))
+            if (passwords or {}).get(role):
+                conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(name, sql.Literal(passwords[role])))
+            conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(database), name))
+            conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema), name))
+            conn.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(
+                sql.SQL(", ").join(map(sql.Identifier, READ_TABLES)), name))
+        for privileges, table in WRITE_GRANTS:
+            conn.execute(sql.SQL("GRANT {} ON {} TO {}").format(sql.SQL(privileges), sql.Identifier(table),
+                                                                sql.Identifier(writer)))
+        conn.execute(sql.SQL("GRANT EXECUTE ON FUNCTION {} TO {}").format(
+            sql.SQL(", ").join(map(sql.SQL, WRITE_FUNCTIONS)), sql.Identifier(writer)))
 
 
 class PostgresGalleryStore(GalleryExchange):
@@ -166,6 +205,9 @@ class PostgresGalleryStore(GalleryExchange):
         try:
             with self._pool.connection() as conn:
                 yield conn
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise GalleryError(f"gallery {self.path}: {exc} (this URL's database user may not do that: matchers "
+                               f"read with a read-only role, enrol with the writer role's URL)") from exc
         except psycopg.Error as exc:
             raise GalleryError(f"gallery {self.path}: {exc}") from exc
 
@@ -215,7 +257,7 @@ class PostgresGalleryStore(GalleryExchange):
             conn.execute("INSERT INTO gallery_encoder(name, embedding_dim, parts) VALUES (%s, %s, %s)",
                          (encoder, dim, parts))
             if dim <= HALFVEC_HNSW_MAX_DIM:
-                conn.execute(_search_index_sql(dim))
+                conn.execute("SELECT gallery_create_search_index(%s)", (dim,))
         elif row[0] != encoder:
             raise GalleryError(f"{self.path} holds embeddings of encoder {row[0]}; refusing embeddings of {encoder} "
                                f"(use another gallery, or re-enrol everyone with the new encoder)")
@@ -318,7 +360,7 @@ class PostgresGalleryStore(GalleryExchange):
             conn.execute("DELETE FROM identities WHERE id = %s", row)
             if not conn.execute("SELECT 1 FROM identities LIMIT 1").fetchone():
                 conn.execute("DELETE FROM gallery_encoder")
-                conn.execute("DROP INDEX IF EXISTS embeddings_search")
+                conn.execute("SELECT gallery_drop_search_index()")
             self._log_change(conn, "delete", row[0])
         return count
 
@@ -339,8 +381,8 @@ class PostgresGalleryStore(GalleryExchange):
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             encoder = conn.execute("SELECT name, embedding_dim, parts FROM gallery_encoder").fetchone()
             rows = conn.execute("SELECT i.name, i.anonymous, e.vector FROM embeddings e "
-                                "JOIN identities i ON i.id = e.identity_id ORDER BY i.name COLLATE \"C\", e.ordinal"
-                                ).fetchall()
+                                "JOIN identities i ON i.id = e.identity_id ORDER BY i.name COLLATE \"C\", e.ordinal",
+                                binary=True).fetchall()
         grouped: dict[str, tuple[bool, list[NDArray[np.float32]]]] = {}
         for name, anonymous, vector in rows:
             grouped.setdefault(name, (anonymous, []))[1].append(vector.to_numpy())
@@ -371,6 +413,11 @@ class PostgresGalleryStore(GalleryExchange):
             rows = conn.execute("SELECT e.vector FROM embeddings e JOIN identities i ON i.id = e.identity_id "
                                 "WHERE i.name = %s", (name,)).fetchall()
         return {vector.to_numpy().tobytes() for (vector,) in rows}
+
+    def grant_roles(self, *, reader: str, writer: str, passwords: dict[str, str | None] | None = None) -> None:
+        """`grant_roles` on this gallery's database (this URL's user must own the gallery and may create roles)."""
+        with self._connection() as conn:
+            grant_roles(conn, reader=reader, writer=writer, passwords=passwords)
 
     def close(self) -> None:
         self._pool.close()
@@ -482,7 +529,8 @@ class GalleryFollower:
             if first:
                 seq = conn.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()[0]
                 identities = conn.execute("SELECT id, name, anonymous FROM identities").fetchall()
-                embeddings = conn.execute("SELECT id, identity_id, ordinal, vector FROM embeddings").fetchall()
+                embeddings = conn.execute("SELECT id, identity_id, ordinal, vector FROM embeddings",
+                                          binary=True).fetchall()
                 touched: set[uuid.UUID] = set()
             else:
                 changes = conn.execute("SELECT seq, identity_id, embedding_ids FROM changes WHERE seq > %s "
@@ -495,7 +543,7 @@ class GalleryFollower:
                 identities = conn.execute("SELECT id, name, anonymous FROM identities WHERE id = ANY(%s)",
                                           (list(touched),)).fetchall()
                 embeddings = conn.execute("SELECT id, identity_id, ordinal, vector FROM embeddings WHERE id = ANY(%s)",
-                                          (added,)).fetchall()
+                                          (added,), binary=True).fetchall()
             encoder = conn.execute("SELECT name, embedding_dim, parts FROM gallery_encoder").fetchone()
         for identity_id in touched - {row[0] for row in identities}:  # deleted since
             self._held.pop(identity_id, None)

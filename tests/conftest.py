@@ -10,12 +10,15 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 import pytest
+
+from engines.testing_postgres import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -123,11 +126,34 @@ def outdoor_walk_frames(outdoor_clip: Path) -> dict[int, np.ndarray]:
 # --- real servers for the cluster tests (`pytest -m cluster`) ----------------------------------------------------
 
 
-def free_port() -> int:
-    """A TCP port free on loopback now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+@dataclass(frozen=True)
+class TlsFiles:
+    """A throwaway CA and a server certificate it signed for 127.0.0.1 and localhost (PEM files)."""
+
+    ca: Path
+    certificate: Path
+    key: Path
+
+
+def make_tls_files(folder: Path) -> TlsFiles:
+    """A new CA and server certificate in `folder`, made with the openssl command (skips without one)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("no openssl command to make a test CA with")
+    folder.mkdir(parents=True, exist_ok=True)
+    files = TlsFiles(folder / "ca.crt", folder / "server.crt", folder / "server.key")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    (folder / "server.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n")
+    for command in (
+        ["req", "-x509", *ec, "-keyout", folder / "ca.key", "-out", files.ca, "-days", "2",
+         "-subj", "/CN=gaitstream test CA", "-addext", "basicConstraints=critical,CA:TRUE",
+         "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+        ["req", *ec, "-keyout", files.key, "-out", folder / "server.csr", "-subj", "/CN=localhost"],
+        ["x509", "-req", "-in", folder / "server.csr", "-CA", files.ca, "-CAkey", folder / "ca.key",
+         "-CAcreateserial", "-out", files.certificate, "-days", "2", "-extfile", folder / "server.ext"],
+    ):
+        subprocess.run([openssl, *map(str, command)], check=True, capture_output=True)
+    return files
 
 
 def nats_server_binary() -> Path:
@@ -145,17 +171,20 @@ def nats_server_binary() -> Path:
 class NatsServer:
     """nats-server with JetStream on a free loopback port, its store in a temporary folder; restartable in place."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: TlsFiles | None = None) -> None:
         self.binary = nats_server_binary()
         self.root = Path(tempfile.mkdtemp(prefix="gaitstream-nats-"))
         self.port = free_port()
-        self.url = f"nats://127.0.0.1:{self.port}"
+        self.tls = tls
+        self.url = f"{'tls' if tls else 'nats'}://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
+        tls = ["--tls", "--tlscert", str(self.tls.certificate), "--tlskey", str(self.tls.key)] if self.tls else []
         with open(self.root / "server.log", "ab") as log:
             self.process = subprocess.Popen([str(self.binary), "-js", "-a", "127.0.0.1", "-p", str(self.port),
-                                             "-sd", str(self.root / "store")], stdout=log, stderr=subprocess.STDOUT)
+                                             "-sd", str(self.root / "store"), *tls],
+                                            stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10
         while not self._accepts_connections():
             if self.process.poll() is not None or time.monotonic() > deadline:

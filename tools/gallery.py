@@ -5,15 +5,21 @@
     python tools/gallery.py delete dave
     python tools/gallery.py export backup.npz          # portable: names + embeddings + encoder, no pickle
     python tools/gallery.py import backup.npz          # refused when its encoder differs from the gallery's
+    python tools/gallery.py roles --gallery postgresql://owner@db/gallery    # login roles for matchers, enrolment
 
 The gallery is `--gallery PATH` (or a postgresql:// URL; before or after the command), else the config's
 `stages.match.gallery`, else $GAITSTREAM_GALLERY, else ./gallery.sqlite: the lookup every tool and run_pipeline.py
 make. Exit codes: 0 done, 2 nothing done (the error says why).
+
+`roles` (PostgreSQL only, as the gallery's owner with CREATEROLE) creates the schema if missing and the login roles
+`gaitstream_reader` (matchers: read and follow) and `gaitstream_writer` (enrolment, this tool: also add, rename,
+delete), with the passwords in $GAITSTREAM_READER_PASSWORD and $GAITSTREAM_WRITER_PASSWORD when set.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -45,11 +51,14 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("path", type=Path)
     import_ = commands.add_parser("import", parents=[common], help="add every identity of an exported .npz")
     import_.add_argument("path", type=Path)
+    roles = commands.add_parser("roles", parents=[common], help="create the reader and writer roles (PostgreSQL)")
+    roles.add_argument("--reader", default="gaitstream_reader", help="the matchers' role")
+    roles.add_argument("--writer", default="gaitstream_writer", help="enrolment's role")
     args = parser.parse_args(argv)
 
     try:
         path = gallery_path(getattr(args, "gallery", None), getattr(args, "config", DEFAULT_CONFIG))
-        gallery = open_gallery(path, create=args.command == "import")
+        gallery = open_gallery(path, create=args.command in ("import", "roles"))
         try:
             return run(args, gallery)
         finally:
@@ -89,6 +98,14 @@ def run(args: argparse.Namespace, gallery: Gallery) -> int:
     elif args.command == "import":
         count = gallery.import_(args.path)
         print(f"imported {count} embeddings from {args.path}")
+    elif args.command == "roles":
+        if not hasattr(gallery, "grant_roles"):
+            print(f"error: {gallery.path} is a file: roles are for a PostgreSQL gallery", file=sys.stderr)
+            return 2
+        gallery.grant_roles(reader=args.reader, writer=args.writer,
+                            passwords={args.reader: os.environ.get("GAITSTREAM_READER_PASSWORD"),
+                                       args.writer: os.environ.get("GAITSTREAM_WRITER_PASSWORD")})
+        print(f"{gallery.path}: {args.reader} may read and follow the gallery, {args.writer} may also change it")
     return 0
 
 

@@ -13,16 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT, wait_for
+from tests.conftest import REPO_ROOT, free_port, wait_for
 
 RTSP_SERVER = Path(__file__).with_name("rtsp_server.py")
 SYSTEM_PYTHON = "/usr/bin/python3"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def read_events(path: Path) -> list[dict]:

