@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One-time set-up on a fresh Debian/Ubuntu machine: system packages (FFmpeg, GStreamer's RTSP server, Xvfb for the
-# overlay tests), then a virtual environment in .venv with the pinned Python dependencies.
+# overlay tests, PostgreSQL and openssl for the TLS test), then a virtual environment in .venv with the pinned Python dependencies.
 #   ./setup.sh            everything
 #   SKIP_APT=1 ./setup.sh only the Python side (no root needed)
 set -euo pipefail
@@ -8,7 +8,8 @@ cd "$(dirname "$0")"
 
 APT_PACKAGES=(ffmpeg xvfb xdotool imagemagick python3-gi gir1.2-gst-rtsp-server-1.0
               gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
-              gstreamer1.0-libav libgl1 libglib2.0-0)
+              gstreamer1.0-libav libgl1 libglib2.0-0
+              postgresql openssl)  # the TLS cluster test: Debian's PostgreSQL has SSL (the embedded wheel's has not)
 
 if [[ "${SKIP_APT:-0}" != 1 ]]; then
   missing=()
