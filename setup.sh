@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-time set-up on a fresh Debian/Ubuntu machine: system packages (FFmpeg, GStreamer's RTSP server, Xvfb for the
-# overlay tests, PostgreSQL and openssl for the TLS test), then a virtual environment in .venv with the pinned Python dependencies.
+# overlay tests, PostgreSQL and openssl for the TLS test), then a virtual environment in .venv with the pinned Python
+# dependencies.
 #   ./setup.sh            everything
 #   SKIP_APT=1 ./setup.sh only the Python side (no root needed)
 set -euo pipefail
