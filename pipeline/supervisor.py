@@ -46,7 +46,7 @@ from pipeline.metrics import BoardCollector, MetricsBoard, frames_passed
 from pipeline.runner import EXIT_FATAL, EXIT_OK, EdgeSpec, ProcessSpec, run_process
 from pipeline.shm import remove_run_rings
 from pipeline.stage import SourceStage, Stage
-from pipeline.transport import ControlServer, CurveKeys
+from pipeline.transport import ControlServer, CurveKeys, ipc_folder_fits
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +138,16 @@ def assign_inputs(
     return live + [lane for lane in lanes if lane]
 
 
+
+def make_run_dir() -> Path:
+    """A fresh folder for a run's ipc sockets: in $TMPDIR, unless that is too deep for ZeroMQ's ipc path limit (a
+    test runner's or a CI job's temp folder can be), then in /tmp."""
+    folder = Path(tempfile.mkdtemp(prefix="gaitstream-"))
+    if ipc_folder_fits(folder):
+        return folder
+    folder.rmdir()
+    return Path(tempfile.mkdtemp(prefix="gaitstream-", dir="/tmp"))
+
 class Supervisor:
     """Runs one pipeline (or the `only` subset of its processes placed on this host) to completion or stop."""
 
@@ -178,7 +188,11 @@ class Supervisor:
         self.failed = False
         self._signals = 0
         self._owns_run_dir = self.runtime.run_dir is None
-        self.run_dir = Path(self.runtime.run_dir or tempfile.mkdtemp(prefix="gaitstream-"))
+        if self.runtime.run_dir is not None and not ipc_folder_fits(Path(self.runtime.run_dir)):
+            raise ConfigError(f"runtime.run_dir {self.runtime.run_dir}: too deep for the run's ZeroMQ ipc sockets "
+                              f"(a socket path may have at most {zmq.IPC_PATH_MAX_LEN} characters); choose a shorter "
+                              "folder")
+        self.run_dir = Path(self.runtime.run_dir) if self.runtime.run_dir is not None else make_run_dir()
         self.control_endpoint = f"ipc://{self.run_dir}/control-{self.run_id}.sock"
         self._mp = mp.get_context("spawn")
         self._progress: Any = None

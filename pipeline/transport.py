@@ -118,10 +118,22 @@ def start_authenticator(context: zmq.Context, authorized_clients_dir: Path) -> T
     return authenticator
 
 
+#: Room a run folder must leave for its socket files ("detect_track-<run id>.sock" and more): ZeroMQ ipc paths are
+#: limited to zmq.IPC_PATH_MAX_LEN bytes (107 on Linux), and a longer one cannot be bound.
+IPC_NAME_RESERVE = 40
+
+
+def ipc_folder_fits(folder: Path) -> bool:
+    """Whether every socket of a run fits in `folder` under ZeroMQ's ipc path limit."""
+    return len(str(folder)) + 1 + IPC_NAME_RESERVE <= zmq.IPC_PATH_MAX_LEN
+
+
 def _bind(socket: zmq.Socket, endpoint: str) -> None:
+    """Bind, or close the socket and say why: a socket left open on a failed bind blocks `Context.term` for ever."""
     try:
         socket.bind(endpoint)
     except zmq.ZMQError as exc:
+        socket.close(linger=0)
         raise TransportError(f"cannot bind {endpoint}: {exc}") from exc
 
 
