@@ -136,12 +136,13 @@ class MatchStage(Stage):
         self.anonymous_count = snapshot.anonymous
         self.context.metrics.set("gallery_identities", len(self.index))
         shown = self.store.path if self.store is not None else self.gallery_path
+        # One line per copy taken up, with its version: when a change reached this stage (another host's enrolment).
         if not len(self.index):
-            log.warning("gallery %s holds no identities: every track is unknown until someone is enrolled "
-                        "(tools/enroll.py)", shown)
+            log.warning("gallery %s version %d: 0 identities, every track is unknown until someone is enrolled "
+                        "(tools/enroll.py)", shown, version)
         else:
-            log.info("gallery %s: %d identities, %d embeddings, encoder %s", shown, len(self.index),
-                     len(self.index.vectors), self.index.encoder)
+            log.info("gallery %s version %d: %d identities, %d embeddings, encoder %s", shown, version,
+                     len(self.index), len(self.index.vectors), self.index.encoder)
 
     def on_tick(self, now_s: float) -> None:
         config: MatchConfig = self.config  # type: ignore[assignment]

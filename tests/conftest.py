@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import pytest
 
-from engines.testing_postgres import free_port
+from engines.testing_postgres import EmbeddedPostgres, PostgresServerError, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -154,6 +154,21 @@ def make_tls_files(folder: Path) -> TlsFiles:
     ):
         subprocess.run([openssl, *map(str, command)], check=True, capture_output=True)
     return files
+
+
+def start_postgres() -> EmbeddedPostgres:
+    """A started PostgreSQL + pgvector server of its own (`stop()` it), or a skip saying why none can start here."""
+    pytest.importorskip("psycopg", reason="the cluster extra is not installed: pip install .[cluster]")
+    try:
+        server = EmbeddedPostgres()
+    except PostgresServerError as exc:
+        pytest.skip(str(exc))
+    try:
+        server.start()
+    except PostgresServerError as exc:
+        server.stop()
+        pytest.skip(str(exc))
+    return server
 
 
 def nats_server_binary() -> Path:

@@ -23,7 +23,7 @@ from engines.matching import GalleryIndex
 from engines.testing_postgres import EmbeddedPostgres, PostgresServerError
 from pipeline.messages import Embeddings, Tracks
 from pipeline.testing import make_record, run_stage
-from tests.conftest import REPO_ROOT, TlsFiles, make_tls_files, wait_for
+from tests.conftest import REPO_ROOT, TlsFiles, make_tls_files, start_postgres, wait_for
 
 DIM, PARTS, ENCODER = 64, 4, "enc@1"
 cluster = pytest.mark.cluster
@@ -31,21 +31,6 @@ cluster = pytest.mark.cluster
 
 def vectors(seed: int, count: int = 3, dim: int = DIM) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(count, dim)).astype(np.float32)
-
-
-def start_server() -> EmbeddedPostgres:
-    """A started server, or a skip saying why none can start here."""
-    pytest.importorskip("psycopg", reason="the cluster extra is not installed: pip install .[cluster]")
-    try:
-        server = EmbeddedPostgres()
-    except PostgresServerError as exc:
-        pytest.skip(str(exc))
-    try:
-        server.start()
-    except PostgresServerError as exc:
-        server.stop()
-        pytest.skip(str(exc))
-    return server
 
 
 def start_tls_server(tls: TlsFiles) -> EmbeddedPostgres:
@@ -71,7 +56,7 @@ def start_tls_server(tls: TlsFiles) -> EmbeddedPostgres:
 
 @pytest.fixture(scope="session")
 def server() -> Iterator[EmbeddedPostgres]:
-    started = start_server()
+    started = start_postgres()
     yield started
     started.stop()
 
@@ -242,7 +227,7 @@ def test_a_follower_survives_a_killed_server_and_catches_up(caplog: pytest.LogCa
     """SIGKILL to the server: the follower keeps its copy, warns once, reconnects, and loses no commit."""
     from engines.gallery_postgres import GalleryFollower
 
-    own = start_server()  # not the session's: this one is killed
+    own = start_postgres()  # not the session's: this one is killed
     try:
         url = own.url()
         store = open_gallery(url)
