@@ -126,19 +126,17 @@ def test_a_broker_outage_never_slows_the_sink_and_loses_only_what_the_queue_cann
     feed(1.0)
     assert published() > 0
     nats_server.stop()
-    feed(5.0)  # 125 events against a queue of 20
+    feed(30.0)  # the 30-s outage: 750 events against a queue of 20
     # A stall on the broker would take its reconnect or ack timeout (1 s and more); 0.25 s leaves room for a busy
     # 2-core machine's scheduling without letting such a stall pass.
     assert slowest_s < 0.25, f"slowest process(): {slowest_s * 1e3:.1f} ms"
     dropped = context.metrics.counters['events_dropped_total{reason="broker_queue_full"}']
-    assert dropped >= 125 - 20 - 1
+    assert dropped >= 750 - 20 - 1
     nats_server.start()
     feed(3.0)
     sink.on_end_of_stream(EndOfStream("cam", 0, seq))
     sink.close()
 
-    # A stall on the broker would take its reconnect or ack timeout (1 s and more); 0.25 s leaves room for a busy
-    # 2-core machine's scheduling without letting such a stall pass.
     assert slowest_s < 0.25, f"slowest process(): {slowest_s * 1e3:.1f} ms"
     lines = (tmp_path / "cam" / "events.jsonl").read_text().splitlines()
     events = stored(nats_server.url)
