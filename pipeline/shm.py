@@ -9,7 +9,10 @@ The source reuses a slot only after the whole chain has acknowledged the frame i
 catches bugs and foreign writers, not races.
 
 Rings are named `gaitstream-<run id>-...`; the supervisor unlinks every ring of its run at exit, so a killed
-process leaks nothing past the run. Must not import `stages` or `engines`.
+process leaks nothing past the run. A run id starts with the supervisor's pid (`new_run_id`), so the rings of a
+supervisor killed with SIGKILL, which cannot clean up, are removed by the next run on the host
+(`remove_orphaned_rings`): /dev/shm is RAM, and a camera host that crashes now and then must not lose it for good.
+Must not import `stages` or `engines`.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import mmap
 import os
 import re
+import secrets
 import struct
 import tempfile
 from pathlib import Path
@@ -42,6 +46,37 @@ def ring_name(run_id: str, *parts: str) -> str:
     """A file-name-safe ring name inside the run's namespace."""
     safe = [re.sub(r"[^A-Za-z0-9_.-]", "_", p) for p in parts]
     return "-".join([RING_PREFIX + run_id, *safe])
+
+
+def new_run_id() -> str:
+    """`<supervisor pid, hex>x<random>`: unique, and says whose rings are whose."""
+    return f"{os.getpid():x}x{secrets.token_hex(3)}"
+
+
+def _owner_alive(run_id: str) -> bool:
+    """Whether the supervisor a run id names may still run (a run id without a pid: assumed so)."""
+    match = re.fullmatch(r"([0-9a-f]+)x[0-9a-f]+", run_id)
+    if match is None:
+        return True
+    try:
+        os.kill(int(match.group(1), 16), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def remove_orphaned_rings() -> int:
+    """Unlink the rings of runs whose supervisor is gone (killed before it could clean up); returns how many.
+    A reused pid only delays the clean-up to a later run, it never removes a live run's ring."""
+    removed = 0
+    for path in shm_dir().glob(f"{RING_PREFIX}*"):
+        run_id = path.name[len(RING_PREFIX):].split("-", 1)[0]
+        if not _owner_alive(run_id):
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def remove_run_rings(run_id: str) -> int:

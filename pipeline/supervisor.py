@@ -21,7 +21,6 @@ import logging
 import multiprocessing as mp
 import os
 import queue
-import secrets
 import shutil
 import signal
 import sys
@@ -44,7 +43,7 @@ from pipeline.errors import ConfigError, SchemaError
 from pipeline.messages import Heartbeat, Ready, Report, ReportEvent, Stop, decode, encode
 from pipeline.metrics import BoardCollector, MetricsBoard, frames_passed
 from pipeline.runner import EXIT_FATAL, EXIT_OK, EdgeSpec, ProcessSpec, run_process
-from pipeline.shm import remove_run_rings
+from pipeline.shm import new_run_id, remove_orphaned_rings, remove_run_rings, shm_dir
 from pipeline.stage import SourceStage, Stage
 from pipeline.transport import ControlServer, CurveKeys, ipc_folder_fits
 
@@ -175,7 +174,7 @@ class Supervisor:
         self._source_requests: queue.SimpleQueue[tuple[str, bool, float]] = queue.SimpleQueue()
         self._source_of: dict[str, ManagedProcess] = {}
         self._control: ControlServer | None = None
-        self.run_id = secrets.token_hex(4)
+        self.run_id = new_run_id()
         self.board = MetricsBoard()
         self.metrics_registry = CollectorRegistry()  # this run's own: two runs in one process never clash
         self.metrics_registry.register(BoardCollector(self.board))
@@ -560,6 +559,9 @@ class Supervisor:
         server: ControlServer | None = None
         previous_handlers: dict[Any, Any] = {}
         try:
+            orphaned = remove_orphaned_rings()
+            if orphaned:
+                log.info("removed %d frame rings left in %s by runs that were killed", orphaned, shm_dir())
             self._build()
             server = ControlServer(context, self.control_endpoint)
             previous_handlers = self._install_signals()

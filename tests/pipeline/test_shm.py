@@ -1,14 +1,18 @@
-"""Frame rings: a reader lets go of the rings its sources removed, so a long-lived stage does not keep them mapped."""
+"""Frame rings: a reader lets go of the rings its sources removed, so a long-lived stage does not keep them mapped;
+the rings of a killed run do not outlive the next run."""
 
 from __future__ import annotations
 
+import os
 import secrets
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from pipeline.errors import StaleFrame
-from pipeline.shm import FrameRing, RingReaders, ring_name
+from pipeline.shm import FrameRing, RingReaders, new_run_id, remove_orphaned_rings, ring_name, shm_dir
 
 
 def test_rings_removed_by_their_source_are_unmapped_by_readers():
@@ -44,3 +48,18 @@ def test_a_slot_being_written_is_refused_until_published():
     finally:
         ring.close(unlink=True)
         readers.close()
+
+
+def test_rings_of_a_killed_supervisor_are_removed_and_live_ones_kept():
+    """Before: a supervisor killed with SIGKILL left its rings in /dev/shm (RAM) until the host rebooted."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_run = f"{int(dead.stdout):x}x{secrets.token_hex(3)}"
+    live_run = new_run_id()
+    assert live_run.startswith(f"{os.getpid():x}x")
+    rings = {run: FrameRing(ring_name(run, "cam", "0"), 1, 4, 6) for run in (dead_run, live_run, secrets.token_hex(4))}
+    try:
+        assert remove_orphaned_rings() >= 1
+        assert [run for run, ring in rings.items() if (shm_dir() / ring.name).exists()] == [live_run, list(rings)[2]]
+    finally:
+        for ring in rings.values():
+            ring.close(unlink=True)
