@@ -77,13 +77,16 @@ class CameraLeases:
     `start()` begins (and waits up to `start_timeout_s` for the first round, so a bucket that cannot serve fails
     there; an unreachable broker does not: the thread keeps trying). `held()` is what this host holds now;
     `on_change(camera, True)` when one is gained, `(camera, False)` when it is lost (taken, fenced, or closing).
+    `on_renew(camera, fence_at_s)` after each successful write, before `on_change` for a new lease: the monotonic
+    time this host must stop reading the camera by unless renewed again (`pipeline.fence` hands it to the reader).
     `close()` releases what is held (delete, so others need not wait for the TTL): stop reading first.
     """
 
     def __init__(self, url: str, *, host: str, cameras: Sequence[str], bucket: str = lease_bucket("site"),
                  ttl_s: float = 10.0, renew_interval_s: float | None = None, fence_s: float | None = None,
                  max_cameras: int | None = None, credentials: Path | None = None,
-                 on_change: Callable[[str, bool], None] | None = None) -> None:
+                 on_change: Callable[[str, bool], None] | None = None,
+                 on_renew: Callable[[str, float], None] | None = None) -> None:
         self._nats = import_nats("camera leases (node.nats_url)", LeaseError, with_nkeys=credentials is not None)
         self._connect_options = credential_options(credentials, LeaseError)
         self.fence_s = fence_s if fence_s is not None else ttl_s / 2
@@ -104,6 +107,7 @@ class CameraLeases:
         self.ttl_s = ttl_s
         self.max_cameras = max_cameras
         self.on_change = on_change
+        self.on_renew = on_renew
         self.value = f"{host} {secrets.token_hex(8)}".encode()
         self._held: dict[str, _Lease] = {}
         self._lock = threading.Lock()
@@ -235,8 +239,11 @@ class CameraLeases:
             revision = await self._write(kv, camera, lease.revision)
             with self._lock:
                 current = self._held.get(camera)
-                if revision is not None and current is lease:  # not fenced while the write was out
+                renewed = revision is not None and current is lease  # not fenced while the write was out
+                if renewed:
                     self._held[camera] = _Lease(revision, sent)
+            if renewed:
+                self._renewed(camera, sent)
             if revision is None:
                 self._lose(camera, "another host holds it (this host's lease had expired)")
 
@@ -253,6 +260,7 @@ class CameraLeases:
                 with self._lock:
                     self._held[camera] = _Lease(revision, sent)
                 log.info("lease taken camera=%s host=%s ttl_s=%g", camera, self.host, self.ttl_s)
+                self._renewed(camera, sent)
                 self._notify(camera, True)
 
     async def _fence_forever(self) -> None:
@@ -286,6 +294,14 @@ class CameraLeases:
                 return
         log.warning("lease lost camera=%s host=%s: %s", camera, self.host, why)
         self._notify(camera, False)
+
+    def _renewed(self, camera: str, sent_s: float) -> None:
+        if self.on_renew is None:
+            return
+        try:
+            self.on_renew(camera, sent_s + self.fence_s)
+        except Exception:  # as in _notify: one camera's failure must not stop the others' renewals
+            log.exception("camera-leases: on_renew(%s) failed", camera)
 
     def _notify(self, camera: str, held: bool) -> None:
         if self.on_change is None:

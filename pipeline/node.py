@@ -3,12 +3,14 @@
 A node is a normal run (one supervisor, the stages once, a source process per camera) whose sources run on demand.
 With `node.leases` its cameras are candidates: a source starts when this host gains a camera's lease and stops when
 it loses it, within a quarter of the TTL (a `Stop`, then a kill), so that with the fence at half the TTL it has
-stopped before any other host can take the camera. The leases are taken only once every stage is ready: a host
-that cannot run its stages holds nothing. Without leases every camera of `streams:` runs here, as one host of a
-site configured by hand. On the way out the sources stop first and the leases are released after, so a camera is
-free for others only once nothing here reads it.
+stopped before any other host can take the camera. The source process itself also stops reading at the fence
+(`pipeline.fence`: the node writes each renewal's deadline where the source checks it before every frame), so a node
+that is frozen rather than dead cannot leave a camera being read. The leases are taken only once every stage is
+ready: a host that cannot run its stages holds nothing. Without leases every camera of `streams:` runs here, as one
+host of a site configured by hand. On the way out the sources stop first and the leases are released after, so a
+camera is free for others only once nothing here reads it.
 
-The leaseholder is passed in (`engines.leases.CameraLeases`, or anything with the same three members), so this
+The leaseholder is passed in (`engines.leases.CameraLeases`, or anything with the same four members), so this
 module stays free of the broker. Must not import `stages` or `engines`.
 """
 
@@ -18,6 +20,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+from pipeline.fence import deadline_path, extend_deadline
 from pipeline.stage import Stage
 from pipeline.supervisor import RunResult, Supervisor
 
@@ -25,9 +28,11 @@ log = logging.getLogger(__name__)
 
 
 class Leaseholder(Protocol):
-    """Holds camera leases; reports each gained (True) and lost (False) camera through `on_change`."""
+    """Holds camera leases; reports each gained (True) and lost (False) camera through `on_change`, and the
+    monotonic time by which this host must stop reading a camera unless renewed again through `on_renew`."""
 
     on_change: Callable[[str, bool], None] | None
+    on_renew: Callable[[str, float], None] | None
 
     def start(self) -> None: ...
 
@@ -37,8 +42,8 @@ class Leaseholder(Protocol):
 def run_node(config: Any, stages: Mapping[str, type[Stage]], leases: Leaseholder | None = None) -> RunResult:
     """Run this host's pipeline until stopped (signal or failure), its cameras following `leases` (None: all)."""
     node = config.node
-    supervisor = Supervisor(config, stages, sources_on_demand=True, host=node.host,
-                            on_ready=leases.start if leases is not None else None)
+    supervisor = Supervisor(config, stages, sources_on_demand=True, read_deadlines=leases is not None,
+                            host=node.host, on_ready=leases.start if leases is not None else None)
     cameras = [stream.id for stream in config.streams]
     if leases is None:
         for camera in cameras:
@@ -54,6 +59,8 @@ def run_node(config: Any, stages: Mapping[str, type[Stage]], leases: Leaseholder
             supervisor.stop_source(camera, stop_within_s)
 
     leases.on_change = follow
+    leases.on_renew = lambda camera, fence_at_s: extend_deadline(deadline_path(supervisor.run_dir, camera),
+                                                                fence_at_s)
     log.info("node site=%s host=%s reads whichever of %s it holds (lease TTL %g s)", node.site, node.host,
              ", ".join(cameras), node.leases.ttl_s)
     try:

@@ -29,6 +29,7 @@ from numpy.typing import NDArray
 from pipeline.config import RuntimeConfig, StageConfig, StreamSpec
 from pipeline.driver import StageDriver
 from pipeline.errors import FatalError, GaitstreamError, SchemaError, SourceError, StaleFrame
+from pipeline.fence import deadline_passed
 from pipeline.logs import setup_logging
 from pipeline.messages import (
     DataMessage,
@@ -85,6 +86,7 @@ class ProcessSpec:
     inputs: tuple[StreamSpec, ...] = ()
     resume_after_seq: dict[str, int] = field(default_factory=dict)
     done_inputs: tuple[str, ...] = ()
+    read_deadline: Path | None = None  # a leased camera's source reads only until this file's time (pipeline.fence)
 
 
 def process_title(process: str) -> str:
@@ -443,9 +445,22 @@ class SourceRunner(_Base):
         return {"acked_seq": dict(self.acked_seq)}
 
     # --- shared-memory slots -------------------------------------------------------------------------------
+    def _fenced(self) -> bool:
+        """Past the read deadline of a leased camera: stop reading (and say so once), whatever the node does."""
+        if self.spec.read_deadline is None or not deadline_passed(self.spec.read_deadline, time.monotonic()):
+            return False
+        if not self.stop_requested:
+            log.warning("%s: the camera's lease deadline passed without a renewal from the node: not reading it",
+                        self.spec.process)
+            self.stop_requested = True
+        return True
+
     def _read(self, source: FrameSource) -> tuple[CapturedFrame | None, Slot | None]:
         """The next frame, decoded into a free slot of the size the source expects when there is one; a slot the
-        frame does not end up in is the sender's to return (`_in_slot`), one with no frame is returned here."""
+        frame does not end up in is the sender's to return (`_in_slot`), one with no frame is returned here.
+        None when the camera's lease deadline has passed."""
+        if self._fenced():
+            return None, None
         shape = source.frame_shape
         slot = self.slots.take(shape) if self.output.frame_encoding == "shm" and shape else None
         frame = None
@@ -539,6 +554,8 @@ class SourceRunner(_Base):
     def _run_input(self, spec: StreamSpec, stream_id: str) -> None:
         config: SourceConfig = self.spec.config  # type: ignore[assignment]
         live = self.stage.is_live(spec) if config.mode == "auto" else config.mode == "live"
+        if self._fenced():  # a node frozen since it asked for this source: the camera may be another host's now
+            return
         source = self.stage.open_source(spec, realtime=live)
         epoch = self.epoch_live if live else 0
         try:

@@ -40,6 +40,7 @@ from prometheus_client.exposition import start_http_server
 
 from pipeline.config import CurveSettings, RuntimeConfig, StageConfig, StreamSpec
 from pipeline.errors import ConfigError, SchemaError
+from pipeline.fence import deadline_path
 from pipeline.messages import Heartbeat, Ready, Report, ReportEvent, Stop, decode, encode
 from pipeline.metrics import BoardCollector, MetricsBoard, frames_passed
 from pipeline.runner import EXIT_FATAL, EXIT_OK, EdgeSpec, ProcessSpec, run_process
@@ -159,6 +160,7 @@ class Supervisor:
         only: set[str] | None = None,
         on_report: Callable[[Report], None] | None = None,
         sources_on_demand: bool = False,
+        read_deadlines: bool = False,
         on_ready: Callable[[], None] | None = None,
         host: str | None = None,
     ) -> None:
@@ -169,6 +171,7 @@ class Supervisor:
         self.only = only
         self.on_report = on_report
         self.sources_on_demand = sources_on_demand
+        self.read_deadlines = read_deadlines  # each on-demand source reads only until its deadline (pipeline.fence)
         self.on_ready = on_ready  # called once, from run(), when every stage is ready for frames
         self.host = host or os.uname().nodename  # in the log lines of sources on demand
         self._source_requests: queue.SimpleQueue[tuple[str, bool, float]] = queue.SimpleQueue()
@@ -244,8 +247,11 @@ class Supervisor:
         streams = list(self.config.streams)
         lanes = [[s] for s in streams] if self.sources_on_demand else assign_inputs(streams, runs_live, parallel)
         for i, lane in enumerate(lanes):
+            deadline = (deadline_path(self.run_dir, lane[0].id or lane[0].uri)
+                        if self.sources_on_demand and self.read_deadlines else None)
             spec = ProcessSpec(process=f"{self.source_stage}-{i}", stage_cls=source_cls, config=source_config,
-                               output=self._edge_into(graph[0]), inputs=tuple(lane), **common)
+                               output=self._edge_into(graph[0]), inputs=tuple(lane), read_deadline=deadline,
+                               **common)
             managed = ManagedProcess(spec.process, spec, is_source=True, wanted=not self.sources_on_demand)
             self._add(managed)
             if self.sources_on_demand:

@@ -17,6 +17,7 @@ import psutil
 import zmq
 
 from pipeline.config import StageConfig
+from pipeline.fence import deadline_path, extend_deadline
 from pipeline.runner import heap_trimmer, process_title
 from pipeline.shm import shm_dir
 from tests.conftest import REPO_ROOT, wait_for
@@ -267,3 +268,41 @@ def test_sources_on_demand_run_only_while_asked(tmp_path, outdoor_clip, caplog):
     opened = [r.message for r in caplog.records if r.message.startswith("source started camera=door host=node-a")]
     closed = [r.message for r in caplog.records if r.message.startswith("source stopped camera=door host=node-a")]
     assert len(opened) == 2 and len(closed) == 1
+
+
+def test_a_leased_camera_s_source_stops_reading_at_its_deadline_on_its_own(tmp_path, outdoor_clip):
+    """A node frozen after its last renewal sends no stop: the source process stops at the deadline the node wrote
+    (`pipeline.fence`) by itself, and stays stopped. Before: it read on until the node stopped it."""
+    out = tmp_path / "rec.jsonl"
+    supervisor = graph_supervisor([{"uri": str(outdoor_clip), "id": "door"}],
+                                  {"stages.recorder.path": str(out), "stages.source.mode": "live",
+                                   "stages.source.loop": True},
+                                  sources_on_demand=True, read_deadlines=True, host="node-a")
+    seen: dict[str, object] = {}
+
+    def drive() -> None:
+        try:
+            wait_for(lambda: out.exists(), 60, "the recorder to open")
+            deadline_s = time.monotonic() + 3.0
+            extend_deadline(deadline_path(supervisor.run_dir, "door"), deadline_s)  # the last renewal
+            supervisor.start_source("door")
+            wait_for(lambda: len(frames_of(read_lines(out), "door")) >= 5, 30, "frames before the deadline")
+            wait_for(lambda: any(line.get("reason") == "stopped" for line in read_lines(out)), 10,
+                     "the source's own stop at its deadline")
+            seen["late_s"] = time.monotonic() - deadline_s
+            frames = len(frames_of(read_lines(out), "door"))
+            time.sleep(1.5)  # longer than a restart back-off: nothing reads the camera again
+            seen["frames_after"] = len(frames_of(read_lines(out), "door")) - frames
+        except AssertionError as exc:
+            seen["failure"] = exc
+        finally:
+            supervisor.stop()
+
+    driver = threading.Thread(target=drive)
+    driver.start()
+    result = supervisor.run()
+    driver.join()
+    assert "failure" not in seen, seen.get("failure")
+    assert 0 <= seen["late_s"] < 1.0
+    assert seen["frames_after"] == 0
+    assert result.exit_code == 0
