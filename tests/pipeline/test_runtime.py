@@ -224,6 +224,28 @@ def test_heap_trim_returns_fragmented_free_memory_to_the_os():
     assert before - after > 100 * 2**20, f"RSS {before / 2**20:.0f} MB -> {after / 2**20:.0f} MB after the trim"
 
 
+def run_while(supervisor, drive) -> object:
+    """Run the supervisor while `drive()` acts on it from another thread, then stop it; a failed assertion in
+    `drive` is raised here."""
+    failures: list[AssertionError] = []
+
+    def body() -> None:
+        try:
+            drive()
+        except AssertionError as exc:
+            failures.append(exc)
+        finally:
+            supervisor.stop()
+
+    driver = threading.Thread(target=body)
+    driver.start()
+    result = supervisor.run()
+    driver.join()
+    if failures:
+        raise failures[0]
+    return result
+
+
 def test_sources_on_demand_run_only_while_asked(tmp_path, outdoor_clip, caplog):
     """A node's supervisor: no camera is read until started; a stopped one ends at once and never restarts; a
     camera started again is read by a fresh process."""
@@ -234,33 +256,24 @@ def test_sources_on_demand_run_only_while_asked(tmp_path, outdoor_clip, caplog):
     seen: dict[str, object] = {}
 
     def drive() -> None:
-        try:
-            wait_for(lambda: out.exists(), 60, "the recorder to open")
-            time.sleep(1.0)
-            seen["before_start"] = len(read_lines(out))
-            supervisor.start_source("door")
-            wait_for(lambda: len(frames_of(read_lines(out), "door")) >= 10, 30, "frames of the started camera")
-            supervisor.stop_source("door", within_s=2.0)
-            wait_for(lambda: any(line.get("reason") == "stopped" for line in read_lines(out)), 10,
-                     "the stopped camera's end of stream")
-            time.sleep(1.0)  # longer than a restart back-off: a released source must stay stopped
-            seen["after_stop"] = len(frames_of(read_lines(out), "door"))
-            time.sleep(0.5)
-            seen["later"] = len(frames_of(read_lines(out), "door"))
-            supervisor.start_source("door")
-            wait_for(lambda: len({f["epoch"] for f in frames_of(read_lines(out), "door")}) == 2, 30,
-                     "frames of the camera started again")
-        except AssertionError as exc:
-            seen["failure"] = exc
-        finally:
-            supervisor.stop()
+        wait_for(lambda: out.exists(), 60, "the recorder to open")
+        time.sleep(1.0)
+        seen["before_start"] = len(read_lines(out))
+        supervisor.start_source("door")
+        wait_for(lambda: len(frames_of(read_lines(out), "door")) >= 10, 30, "frames of the started camera")
+        supervisor.stop_source("door", within_s=2.0)
+        wait_for(lambda: any(line.get("reason") == "stopped" for line in read_lines(out)), 10,
+                 "the stopped camera's end of stream")
+        time.sleep(1.0)  # longer than a restart back-off: a released source must stay stopped
+        seen["after_stop"] = len(frames_of(read_lines(out), "door"))
+        time.sleep(0.5)
+        seen["later"] = len(frames_of(read_lines(out), "door"))
+        supervisor.start_source("door")
+        wait_for(lambda: len({f["epoch"] for f in frames_of(read_lines(out), "door")}) == 2, 30,
+                 "frames of the camera started again")
 
-    driver = threading.Thread(target=drive)
-    driver.start()
     with caplog.at_level("INFO", logger="pipeline.supervisor"):
-        result = supervisor.run()
-    driver.join()
-    assert "failure" not in seen, seen.get("failure")
+        result = run_while(supervisor, drive)
     assert seen["before_start"] == 0
     assert seen["after_stop"] == seen["later"]
     assert not frames_of(read_lines(out), "hall")
@@ -281,28 +294,19 @@ def test_a_leased_camera_s_source_stops_reading_at_its_deadline_on_its_own(tmp_p
     seen: dict[str, object] = {}
 
     def drive() -> None:
-        try:
-            wait_for(lambda: out.exists(), 60, "the recorder to open")
-            deadline_s = time.monotonic() + 3.0
-            extend_deadline(deadline_path(supervisor.run_dir, "door"), deadline_s)  # the last renewal
-            supervisor.start_source("door")
-            wait_for(lambda: len(frames_of(read_lines(out), "door")) >= 5, 30, "frames before the deadline")
-            wait_for(lambda: any(line.get("reason") == "stopped" for line in read_lines(out)), 10,
-                     "the source's own stop at its deadline")
-            seen["late_s"] = time.monotonic() - deadline_s
-            frames = len(frames_of(read_lines(out), "door"))
-            time.sleep(1.5)  # longer than a restart back-off: nothing reads the camera again
-            seen["frames_after"] = len(frames_of(read_lines(out), "door")) - frames
-        except AssertionError as exc:
-            seen["failure"] = exc
-        finally:
-            supervisor.stop()
+        wait_for(lambda: out.exists(), 60, "the recorder to open")
+        deadline_s = time.monotonic() + 3.0
+        extend_deadline(deadline_path(supervisor.run_dir, "door"), deadline_s)  # the last renewal
+        supervisor.start_source("door")
+        wait_for(lambda: len(frames_of(read_lines(out), "door")) >= 5, 30, "frames before the deadline")
+        wait_for(lambda: any(line.get("reason") == "stopped" for line in read_lines(out)), 10,
+                 "the source's own stop at its deadline")
+        seen["late_s"] = time.monotonic() - deadline_s
+        frames = len(frames_of(read_lines(out), "door"))
+        time.sleep(1.5)  # longer than a restart back-off: nothing reads the camera again
+        seen["frames_after"] = len(frames_of(read_lines(out), "door")) - frames
 
-    driver = threading.Thread(target=drive)
-    driver.start()
-    result = supervisor.run()
-    driver.join()
-    assert "failure" not in seen, seen.get("failure")
+    result = run_while(supervisor, drive)
     assert 0 <= seen["late_s"] < 1.0
     assert seen["frames_after"] == 0
     assert result.exit_code == 0
