@@ -17,6 +17,7 @@ Must not import `stages` or `engines`.
 
 from __future__ import annotations
 
+import fcntl
 import mmap
 import os
 import re
@@ -67,13 +68,29 @@ def _owner_alive(run_id: str) -> bool:
     return True
 
 
+def _writer_alive(path: Path) -> bool:
+    """Whether a process still holds the ring open for writing (its writer keeps a shared lock on it while it lives;
+    locks, unlike pids, mean the same in every pid namespace that shares /dev/shm)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # also drops the exclusive lock if it was taken
+    return False
+
+
 def remove_orphaned_rings() -> int:
-    """Unlink the rings of runs whose supervisor is gone (killed before it could clean up); returns how many.
-    A reused pid only delays the clean-up to a later run, it never removes a live run's ring."""
+    """Unlink the rings of runs whose supervisor is gone (killed before it could clean up) and that no writer holds;
+    returns how many. A reused pid only delays the clean-up to a later run, it never removes a live run's ring."""
     removed = 0
     for path in shm_dir().glob(f"{RING_PREFIX}*"):
         run_id = path.name[len(RING_PREFIX):].split("-", 1)[0]
-        if not _owner_alive(run_id):
+        if not _owner_alive(run_id) and not _writer_alive(path):
             path.unlink(missing_ok=True)
             removed += 1
     return removed
@@ -129,8 +146,11 @@ class FrameRing:
             with mmap.mmap(fd, _HEADER_BYTES) as header:
                 _HEADER.pack_into(header, 0, _MAGIC, slots, height, width, channels)
             self._ring = _MappedRing(path, fd, writable=True)
-        finally:
+            fcntl.flock(fd, fcntl.LOCK_SH)  # held while the writer lives: `remove_orphaned_rings` leaves it alone
+        except BaseException:
             os.close(fd)
+            raise
+        self._fd = fd
         self._next_generation = 1
 
     @property
@@ -164,6 +184,9 @@ class FrameRing:
 
     def close(self, unlink: bool = True) -> None:
         self._ring.close()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
         if unlink:
             self._ring.path.unlink(missing_ok=True)
 

@@ -51,15 +51,22 @@ def test_a_slot_being_written_is_refused_until_published():
 
 
 def test_rings_of_a_killed_supervisor_are_removed_and_live_ones_kept():
-    """Before: a supervisor killed with SIGKILL left its rings in /dev/shm (RAM) until the host rebooted."""
+    """Before: a supervisor killed with SIGKILL left its rings in /dev/shm (RAM) until the host rebooted. A ring is
+    removed only when its run's supervisor is gone and no writer holds it (a pid from another pid namespace that
+    shares /dev/shm must not cost a live run its frames)."""
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_run = f"{int(dead.stdout):x}x{secrets.token_hex(3)}"
     live_run = new_run_id()
     assert live_run.startswith(f"{os.getpid():x}x")
-    rings = {run: FrameRing(ring_name(run, "cam", "0"), 1, 4, 6) for run in (dead_run, live_run, secrets.token_hex(4))}
+    orphan = FrameRing(ring_name(dead_run, "cam", "0"), 1, 4, 6)
+    orphan.close(unlink=False)  # its writer died with the supervisor
+    kept = {"dead supervisor, live writer": FrameRing(ring_name(dead_run, "cam", "1"), 1, 4, 6),
+            "live supervisor": FrameRing(ring_name(live_run, "cam", "0"), 1, 4, 6),
+            "no pid in the name": FrameRing(ring_name(secrets.token_hex(4), "cam", "0"), 1, 4, 6)}
     try:
         assert remove_orphaned_rings() >= 1
-        assert [run for run, ring in rings.items() if (shm_dir() / ring.name).exists()] == [live_run, list(rings)[2]]
+        assert not (shm_dir() / orphan.name).exists()
+        assert [why for why, ring in kept.items() if not (shm_dir() / ring.name).exists()] == []
     finally:
-        for ring in rings.values():
+        for ring in kept.values():
             ring.close(unlink=True)
