@@ -32,10 +32,20 @@ def extend_deadline(path: Path, deadline_s: float) -> None:
     os.replace(temporary, path)
 
 
-def deadline_passed(path: Path, now_s: float) -> bool:
-    """Whether the camera may no longer be read: past its deadline, or none was ever written (no lease yet)."""
-    try:
-        (deadline_s,) = _DEADLINE.unpack(path.read_bytes())
-    except (OSError, struct.error):
-        return True
-    return now_s >= deadline_s
+class ReadDeadline:
+    """A source's view of its camera's deadline. The node only ever moves a deadline later, so the file is read again
+    only once the value last read has passed: checking before every frame costs no I/O while the lease is renewed."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._known_s = float("-inf")
+
+    def passed(self, now_s: float) -> bool:
+        """Whether the camera may no longer be read: past its deadline, or none was ever written (no lease yet)."""
+        if now_s < self._known_s:
+            return False
+        try:
+            (self._known_s,) = _DEADLINE.unpack(self.path.read_bytes())
+        except (OSError, struct.error):
+            self._known_s = float("-inf")
+        return now_s >= self._known_s

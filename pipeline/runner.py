@@ -29,7 +29,7 @@ from numpy.typing import NDArray
 from pipeline.config import RuntimeConfig, StageConfig, StreamSpec
 from pipeline.driver import StageDriver
 from pipeline.errors import FatalError, GaitstreamError, SchemaError, SourceError, StaleFrame
-from pipeline.fence import deadline_passed
+from pipeline.fence import ReadDeadline
 from pipeline.logs import setup_logging
 from pipeline.messages import (
     DataMessage,
@@ -440,6 +440,7 @@ class SourceRunner(_Base):
         queue_frames = getattr(spec.config, "live_queue_frames", 0)
         self.slots = FrameSlots(spec.run_id, spec.process, spec.incarnation, spec.output.window + queue_frames + 1)
         self.acked_seq: dict[str, int] = dict(spec.resume_after_seq)
+        self.read_deadline = ReadDeadline(spec.read_deadline) if spec.read_deadline is not None else None
 
     def heartbeat_extra(self) -> dict[str, Any]:
         return {"acked_seq": dict(self.acked_seq)}
@@ -447,7 +448,7 @@ class SourceRunner(_Base):
     # --- shared-memory slots -------------------------------------------------------------------------------
     def _fenced(self) -> bool:
         """Past the read deadline of a leased camera: stop reading (and say so once), whatever the node does."""
-        if self.spec.read_deadline is None or not deadline_passed(self.spec.read_deadline, time.monotonic()):
+        if self.read_deadline is None or not self.read_deadline.passed(time.monotonic()):
             return False
         if not self.stop_requested:
             log.warning("%s: the camera's lease deadline passed without a renewal from the node: not reading it",
