@@ -176,3 +176,31 @@ def format_scores(scores: dict[str, object]) -> str:
             f"{cell(track['impostor'].get('mean'), 9, '.3f')}"
             f"{cell(track.get('threshold_at_far', {}).get('threshold'), 9, '.3f')}")
     return "\n".join(lines)
+
+
+class WalkDump:
+    """Window embeddings of walks, labelled (walk, role, clip, scene, person, enrolled), written as one npz: what
+    `tools/eval_wild.py` and `tools/eval.py --usf` dump with `--dump-embeddings` and `tools/matcher_rules.py` reads,
+    so matcher rules can be compared offline on any benchmark."""
+
+    def __init__(self) -> None:
+        self.vectors: list[np.ndarray] = []
+        self.rows: list[tuple[int, str, str, str, str, bool]] = []
+        self.walks = 0
+
+    def add(self, windows: Sequence[np.ndarray], role: Role, clip: str, scene: str, person: str, *,
+            enrolled: bool) -> None:
+        """One walk: its window embeddings (each (D,) or (P, C))."""
+        for vector in windows:
+            self.vectors.append(np.asarray(vector, np.float32).reshape(-1))
+            self.rows.append((self.walks, role, clip, scene, person, enrolled))
+        self.walks += 1
+
+    def save(self, path: Path, *, encoder: str | None, parts: int) -> None:
+        if not self.rows:
+            raise ValueError("no walk to write")
+        walk, role, clip, scene, person, enrolled = (np.asarray(column) for column in zip(*self.rows))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(path, vectors=np.stack(self.vectors), walk=walk, role=role, clip=clip, scene=scene,
+                            person=person, enrolled=enrolled, encoder=np.asarray(encoder or ""),
+                            parts=np.asarray(parts))

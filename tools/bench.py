@@ -28,6 +28,8 @@ from pathlib import Path
 for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_variable, "1")
 
+from engines.reports import write_report  # noqa: E402  (numpy-free: the thread settings above still apply)
+
 SUBCOMMANDS = ("encoder", "matcher", "transport", "pipeline", "streams", "soak")
 
 
@@ -82,10 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         raise
     report = {"benchmark": args.command, "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
               "seconds": round(time.time() - started, 1), "machine": machine(), **result}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(result, indent=2))
-    print(f"wrote {args.json}")
+    write_report(args.json, report)
     return 0
 
 

@@ -20,13 +20,12 @@ truth's scale, for the views seen in training and the held-out views (`engines.e
 `--probes` a probe set; a subject's consecutive half cycles form one sequence, pretreated to 64x44 as the pipeline's
 masks are. Subject-level Rank-1 under the matcher's distance (and OpenGait's Euclidean), with the gait-energy-image
 baseline computed in the same run; the JSON's `probes` maps each probe name to `rank1`, `rank1_euclidean`,
-`gei_rank1` (%).
+`gei_rank1` (%); `--dump-embeddings` writes them in `tools/eval_wild.py`'s walk format (for `tools/matcher_rules.py`).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -37,13 +36,7 @@ from engines.data.sequences import CASIA_B_TEST_SUBJECTS, default_casia_b_root, 
 from engines.errors import DatasetError, EngineError
 from engines.evaluation import ProbeSetResult, embed_sequences, evaluate_casia_b, format_rank1_table
 from engines.gait.encoder import open_encoder
-
-
-def write_report(path: Path, report: dict[str, object]) -> None:
-    """Write a tool's JSON report (folders made as needed) and say where."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {path}")
+from engines.reports import write_report
 
 
 def parse_subjects(text: str) -> list[str]:
@@ -131,6 +124,7 @@ def evaluate_usf(args: argparse.Namespace) -> int:
     """`--usf`: subject-level Rank-1 per probe set, beside the GEI baseline, printed and JSON."""
     from engines.data.usf import gei_rank1, read_usf
     from engines.evaluation import part_cosine_distance, part_euclidean_distance
+    from engines.wild import WalkDump
 
     try:
         encoder = open_encoder(args.weights, backend=args.backend, device=args.device, threads=args.threads)
@@ -142,8 +136,13 @@ def evaluate_usf(args: argparse.Namespace) -> int:
 
         gallery_embeddings = embed(gallery.silhouettes)
         results = {}
+        dump = WalkDump()  # one walk per subject and set; scene: the set
+        for subject, vector in zip(gallery.subjects, gallery_embeddings):
+            dump.add([vector], "gallery", "Gal", "gallery", str(subject), enrolled=True)
         for probe in probes:
             embeddings = embed(probe.silhouettes)
+            for subject, vector in zip(probe.subjects, embeddings):
+                dump.add([vector], "probe", probe.name, probe.name, str(subject), enrolled=True)
             row = {"subjects": int(len(probe.subjects)), "gei_rank1": round(gei_rank1(gallery, probe), 1)}
             for key, distance in (("rank1", part_cosine_distance), ("rank1_euclidean", part_euclidean_distance)):
                 nearest = gallery.subjects[distance(embeddings, gallery_embeddings).argmin(1)]
@@ -152,6 +151,8 @@ def evaluate_usf(args: argparse.Namespace) -> int:
     except (EngineError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.dump_embeddings is not None:
+        dump.save(args.dump_embeddings, encoder=encoder.name, parts=gallery_embeddings.shape[1])
     print(f"encoder {encoder.name}: USF HumanID, gallery {len(gallery.subjects)} subjects (Rank-1 %, subject level)")
     print(f"{'probe':<8}{'subjects':>9}{'Rank-1':>8}{'(Euclid.)':>10}{'GEI':>7}")
     for name, row in results.items():

@@ -44,7 +44,8 @@ from engines.detect import Detections  # noqa: E402
 from engines.errors import EngineError  # noqa: E402
 from engines.gallery import GalleryStore  # noqa: E402
 from engines.matching import GalleryIndex  # noqa: E402
-from engines.wild import ManifestClip, ProbeAnswer, format_scores, read_manifest, score_by_scene  # noqa: E402
+from engines.reports import write_report  # noqa: E402
+from engines.wild import ManifestClip, ProbeAnswer, WalkDump, format_scores, read_manifest, score_by_scene  # noqa: E402
 from pipeline.config import parse_override  # noqa: E402
 from pipeline.errors import GaitstreamError  # noqa: E402
 from pipeline.messages import DataMessage, EndOfStream  # noqa: E402
@@ -243,6 +244,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         enrolled: dict[str, int] = {}
         clip_reports: list[dict[str, Any]] = []
         answers: list[ProbeAnswer] = []
+        walks = WalkDump()
         quiet = args.no_progress or not sys.stderr.isatty()
         with WildRun(config, cache, args.chunk) as run, \
                 tqdm(total=len(clips), unit="clip", disable=quiet, dynamic_ncols=True) as bar:
@@ -255,6 +257,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
                     assigned = assign_people(collector.in_order(), clip.people)
                     for person, track in assigned.items():
                         assert collector.encoder is not None
+                        walks.add(track.embeddings, "gallery", clip.path.name, clip.scene, person, enrolled=True)
                         enrolled[person] = enrolled.get(person, 0) + store.add(
                             person, np.stack(track.embeddings), encoder=collector.encoder, parts=collector.parts,
                             source=str(clip.path), stream=clip.path.stem, track_id=track.track_id,
@@ -278,12 +281,16 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
                     answer = ProbeAnswer(str(clip.path.name), clip.scene, person, person in enrolled,
                                          None if track is None else (track.identity or "unknown"))
                     if track is not None:
+                        walks.add(track.embeddings, "probe", clip.path.name, clip.scene, person,
+                                  enrolled=person in enrolled)
                         answer.candidates = [(c.name, round(c.distance, 4)) for c in track.candidates]
                         matches = index.query(np.stack(track.embeddings), len(index))
                         answer.windows = [{m.name: round(m.distance, 4) for m in row} for row in matches]
                     answers.append(answer)
                 clip_reports.append(_clip_report(clip, collector, assigned))
                 bar.update(1)
+    if args.dump_embeddings is not None:
+        walks.save(args.dump_embeddings, encoder=snapshot.encoder, parts=snapshot.parts)
     scores = score_by_scene(answers, args.far)
     return {
         "manifest": str(args.manifest),
@@ -333,6 +340,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunk", type=int, default=4, help="frames handed to the detector at once (its workers)")
     parser.add_argument("--save-silhouettes", type=Path, metavar="DIR",
                         help="also write every track's silhouettes as the pipeline saves them (DIR/<clip>/<track>)")
+    parser.add_argument("--dump-embeddings", type=Path, metavar="NPZ",
+                        help="also write every window embedding of every assigned walk, labelled (walk, role, clip, "
+                        "scene, person, enrolled), for offline analysis")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     args = parser.parse_args(argv)
     if not 0 < args.far < 1:
@@ -348,9 +358,7 @@ def main(argv: list[str] | None = None) -> int:
           f"margin_ratio {report['margin_ratio']}, {report['seconds']:.0f} s")
     print(format_scores(report))
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=1) + "\n")
-        print(f"wrote {args.json}")
+        write_report(args.json, report)
     return 0
 
 

@@ -29,6 +29,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from engines.evaluation import identity_distances, part_cosine_distance
+from engines.reports import write_report
 
 GALLERY_CONDITIONS = ("nm-01", "nm-02", "nm-03", "nm-04")
 
@@ -123,9 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:10s} {threshold['threshold']:9.3f} {100 * threshold['casia_b_right_accepted']:12.1f}%   "
               + "   ".join(f"{c:>28s}" for c in cells))
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
-        print(f"wrote {args.json}")
+        write_report(args.json, result)
     return 0
 
 

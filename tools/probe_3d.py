@@ -14,7 +14,6 @@ sequences (30 frames each) with `engines.evaluation.reconstruction_errors`, befo
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from engines.errors import EngineError
+from engines.reports import write_report
 
 
 def probe(args: argparse.Namespace) -> dict[str, object]:
@@ -116,9 +116,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{block['mirror_resolved']['baseline_mean_pose_per_view_mpjpe_mm']:.1f}); joint motion "
               f"{block['joint_motion_mm']['predicted']:.1f} mm, truly {block['joint_motion_mm']['truth']:.1f}")
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {args.json}")
+        write_report(args.json, report)
     return 0
 
 

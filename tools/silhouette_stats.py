@@ -13,7 +13,6 @@ as `run_pipeline.py --save-silhouettes` and `tools/eval_wild.py --save-silhouett
 from __future__ import annotations
 
 import argparse
-import json
 import pickle
 import sys
 from pathlib import Path
@@ -24,6 +23,7 @@ from numpy.typing import NDArray
 from engines.data.augment import augment_sequence
 from engines.data.sequences import CASIA_B_TRAIN_SUBJECTS, default_casia_b_root, open_dataset
 from engines.errors import EngineError
+from engines.reports import write_report
 
 
 def frame_statistics(silhouettes: NDArray[np.uint8]) -> dict[str, NDArray[np.float64]]:
@@ -101,9 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{row['source']:<60}{row['sequences']:>6}{row['frames']:>8}{row['fill_mean']:>7.3f}"
               f"{row['fill_p10']:>7.3f}{row['fill_p90']:>7.3f}{row['leg_gap_frequency']:>9.2f}")
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"rows": rows}, indent=1) + "\n")
-        print(f"wrote {args.json}")
+        write_report(args.json, {"rows": rows})
     return 0
 
 

@@ -1,0 +1,87 @@
+"""tools/matcher_rules.py: walk dumps of every benchmark read alike, and what the gallery and centring rules do."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engines.wild import WalkDump
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
+from matcher_rules import load_walks, main, score_rules, walk_distances  # noqa: E402
+
+PARTS = 2
+
+
+def _scene_shifted_dump(path: Path) -> Path:
+    """Four people, each a direction of their own; the probe scene adds one large common offset to everyone, so
+    raw nearest neighbours all fall on whoever lies nearest the offset, and centring the scene undoes it."""
+    rng = np.random.default_rng(0)
+    identity = {name: rng.standard_normal(8) for name in "abcd"}
+    offset = 6.0 * rng.standard_normal(8)
+    dump = WalkDump()
+    for name, vector in identity.items():
+        windows = [vector + 0.05 * rng.standard_normal(8) for _ in range(2)]
+        dump.add(windows, "gallery", "enrol.mp4", "lab", name, enrolled=True)
+        dump.add([vector + offset + 0.05 * rng.standard_normal(8)], "probe", "probe.mp4", "hall", name,
+                 enrolled=True)
+    dump.add([rng.standard_normal(8) + offset], "probe", "probe.mp4", "hall", "stranger", enrolled=False)
+    dump.save(path, encoder="test", parts=PARTS)
+    return path
+
+
+def test_walk_dump_round_trip(tmp_path: Path):
+    walks = load_walks(_scene_shifted_dump(tmp_path / "wild.npz"))
+    assert walks.parts == PARTS
+    assert len(np.unique(walks.walks)) == 9
+    assert walks.gallery.sum() == 8  # two windows per enrolled walk
+    assert set(walks.scenes[~walks.gallery]) == {"hall"}
+    # every part of every window is a unit vector scaled by 1/sqrt(parts), as the matcher compares them
+    norms = np.linalg.norm(walks.vectors.reshape(len(walks.vectors), PARTS, -1), axis=2)
+    assert norms == pytest.approx(np.full_like(norms, 1 / np.sqrt(PARTS)), abs=1e-5)
+
+
+def test_scene_centring_removes_a_common_offset(tmp_path: Path):
+    walks = load_walks(_scene_shifted_dump(tmp_path / "wild.npz"))
+    raw = score_rules(*walk_distances(walks, "nearest", "none"))
+    centred = score_rules(*walk_distances(walks, "nearest", "scene"))
+    assert centred["rank1_overall"] == 100.0
+    assert raw["rank1_overall"] < centred["rank1_overall"]
+    assert centred["probes"] == 4  # the stranger counts only as an impostor
+
+
+def test_mean_gallery_rule_gives_one_prototype_per_identity(tmp_path: Path):
+    walks = load_walks(_scene_shifted_dump(tmp_path / "wild.npz"))
+    distances, names, people, scenes = walk_distances(walks, "mean", "none")
+    assert distances.shape == (5, 4) and list(names) == list("abcd")
+    assert list(people) == [*"abcd", "stranger"] and set(scenes) == {"hall"}
+
+
+def test_casia_b_dump_maps_conditions_to_scenes(tmp_path: Path):
+    rng = np.random.default_rng(1)
+    conditions = np.array(["nm-01", "nm-02", "nm-05", "bg-01", "cl-01"] * 2)
+    subjects = np.array(["075"] * 5 + ["076"] * 5)
+    np.savez(tmp_path / "casiab.npz", embeddings=rng.standard_normal((10, PARTS, 4)).astype(np.float32),
+             subjects=subjects, conditions=conditions, views=np.array(["090"] * 10))
+    walks = load_walks(tmp_path / "casiab.npz")
+    assert walks.gallery.sum() == 4
+    assert sorted(set(walks.scenes[~walks.gallery])) == ["bg", "cl", "nm"]
+
+
+def test_cli_calibrates_on_casia_b_and_reports_transfer(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    wild = _scene_shifted_dump(tmp_path / "wild.npz")
+    out = tmp_path / "rules.json"
+    assert main([str(wild), "--casiab", str(wild), "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    rows = report["datasets"][str(wild)]
+    assert set(rows) == {f"{g}/{c}" for g in ("nearest", "mean") for c in ("none", "scene", "shrunk")}
+    assert rows["nearest/scene"]["false_accepts"] <= 1.0 + 1e-9  # calibrated on itself: at most --far
+    assert "CASIA-B t" in capsys.readouterr().out
+
+
+def test_cli_rejects_a_file_that_is_not_a_dump(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    np.savez(tmp_path / "other.npz", x=np.zeros(3))
+    assert main([str(tmp_path / "other.npz")]) == 2
+    assert "not an embedding dump" in capsys.readouterr().err

@@ -1,0 +1,187 @@
+"""Two matcher rules measured off CASIA-B: how an enrolled identity is represented, and per-camera centring.
+
+    python tools/eval_wild.py --manifest ../shared/assets/datasets/kth-walking/manifest.csv \\
+        --dump-embeddings runs/rules/kth.npz
+    python tools/eval.py --weights weights/meshgait_compact_casiab.pt --usf ../shared/assets/datasets/usf-humanid \\
+        --dump-embeddings runs/rules/usf.npz
+    python tools/eval.py --weights weights/meshgait_compact_casiab.pt --dump-embeddings runs/rules/casiab.npz
+    python tools/matcher_rules.py runs/rules/kth.npz runs/rules/usf.npz runs/rules/casiab.npz --json OUT.json
+
+Each dump is a set of walks (one or more window embeddings each), enrolled (gallery) or to be identified (probe), in
+scenes: `tools/eval_wild.py --dump-embeddings` (scene = the manifest's), `tools/eval.py --usf ... --dump-embeddings`
+(scene = the probe set) or a CASIA-B dump of `tools/eval.py --dump-embeddings` (gallery: NM 1-4 in all views, one
+identity seen by 11 cameras; probes NM 5-6, BG, CL: scene = condition). A probe walk is the mean of its windows, as
+the match stage's `TrackEvidence` makes it. Rank-1 per scene and the equal error rate of the walk-level distances
+for every combination of:
+
+- gallery `nearest`: an identity is as close as its closest enrolled window (the match stage's rule);
+  `mean`: as close as the mean of all its windows (one prototype per person);
+- centring `none`: the part-normalised embeddings as they are; `scene`: each scene's mean probe embedding
+  subtracted from its probes and the gallery's mean from the gallery before normalising again (per-camera
+  centring, as camera-wise normalisation in cross-domain re-identification and mean re-estimation in speaker
+  verification do: a scene's common offset is not identity); with `--casiab DUMP` also `shrunk`: each mean drawn
+  toward CASIA-B's mean embedding as if it had `--prior-walks` more walks (what a live camera that has seen few
+  people would have to use).
+
+With `--casiab DUMP` each rule's threshold is calibrated there (at most `--far` of the impostor walk distances
+accepted, as the encoder's `accept_distance` is) and applied unchanged to every dataset: the false accepts and
+genuine accepts it gives show whether the rule's distances keep their meaning off CASIA-B.
+
+Only what helps on every dataset is worth making a matcher rule: real footage, other probe sets and cameras decide.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from itertools import product
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from engines.evaluation import equal_error_rate, threshold_at_far
+from engines.matching import normalise_parts
+from engines.reports import write_report
+
+GALLERY_CONDITIONS = ("nm-01", "nm-02", "nm-03", "nm-04")
+GALLERY_RULES = ("nearest", "mean")
+CENTRING_RULES = ("none", "scene")
+
+
+@dataclass(frozen=True)
+class WalkSet:
+    """Window embeddings (N, D), part-normalised, with the walk, person, scene and gallery flag of each."""
+
+    vectors: NDArray[np.float32]
+    walks: NDArray[np.int64]
+    people: NDArray[np.str_]
+    scenes: NDArray[np.str_]
+    gallery: NDArray[np.bool_]
+    parts: int
+
+
+def load_walks(path: Path) -> WalkSet:
+    """Any of the three dumps (see the module doc) as a `WalkSet`; ValueError for another file."""
+    with np.load(path) as dump:
+        data = {key: dump[key] for key in dump.files}
+    if {"vectors", "walk", "role", "person", "scene", "parts"} <= set(data):  # eval_wild / eval --usf
+        parts = int(data["parts"])
+        return WalkSet(normalise_parts(data["vectors"], parts), data["walk"].astype(np.int64),
+                       data["person"].astype(str), data["scene"].astype(str), data["role"] == "gallery", parts)
+    if {"embeddings", "subjects", "conditions"} <= set(data):  # CASIA-B: every sequence one walk
+        embeddings = data["embeddings"]
+        parts = embeddings.shape[1]
+        conditions = np.char.lower(data["conditions"].astype(str))
+        return WalkSet(normalise_parts(embeddings.reshape(len(embeddings), -1), parts), np.arange(len(embeddings)),
+                       data["subjects"].astype(str), np.char.partition(conditions, "-")[:, 0],
+                       np.isin(conditions, GALLERY_CONDITIONS), parts)
+    raise ValueError(f"{path}: not an embedding dump of tools/eval_wild.py or tools/eval.py")
+
+
+def _centre(vectors: NDArray[np.float32], parts: int, prior: NDArray[np.float32] | None,
+            prior_walks: float) -> NDArray[np.float32]:
+    """Subtract the rows' mean (drawn toward `prior` as if it were `prior_walks` more rows) and normalise."""
+    mean = vectors.mean(0) if prior is None else (vectors.sum(0) + prior_walks * prior) / (len(vectors) + prior_walks)
+    return normalise_parts(vectors - mean[None], parts)
+
+
+def walk_distances(walks: WalkSet, gallery_rule: str, centring: str, prior: NDArray[np.float32] | None = None,
+                   prior_walks: float = 20.0) -> tuple[NDArray[np.float32], NDArray[np.str_], NDArray[np.str_],
+                                                       NDArray[np.str_]]:
+    """(probe walks, identities) distances under a rule, with the identities and each probe walk's person and
+    scene. `centring` is none, scene or shrunk (scene, each mean drawn toward `prior`)."""
+    names = np.unique(walks.people[walks.gallery])
+    gallery = walks.vectors[walks.gallery]
+    owners = np.searchsorted(names, walks.people[walks.gallery])
+    if gallery_rule == "mean":
+        gallery = normalise_parts(np.stack([gallery[owners == i].mean(0) for i in range(len(names))]), walks.parts)
+        owners = np.arange(len(names))
+    probe_ids = np.unique(walks.walks[~walks.gallery])
+    probes = np.stack([walks.vectors[walks.walks == w].mean(0) for w in probe_ids])
+    first = np.asarray([np.flatnonzero(walks.walks == w)[0] for w in probe_ids])
+    people, scenes = walks.people[first], walks.scenes[first]
+    if centring != "none":
+        toward = prior if centring == "shrunk" else None
+        gallery = _centre(gallery, walks.parts, toward, prior_walks)
+        for scene in np.unique(scenes):
+            probes[scenes == scene] = _centre(probes[scenes == scene], walks.parts, toward, prior_walks)
+    similarity = normalise_parts(probes, walks.parts) @ gallery.T
+    distances = 1.0 - np.stack([similarity[:, owners == i].max(1) for i in range(len(names))], axis=1)
+    return distances, names, people, scenes
+
+
+def score_rules(distances: NDArray[np.float32], names: NDArray[np.str_], people: NDArray[np.str_],
+                scenes: NDArray[np.str_], threshold: float | None = None, far: float = 0.01) -> dict[str, object]:
+    """Rank-1 (%) per scene and overall over probe walks of enrolled people; the walk-level equal error rate; this
+    data's threshold at `far` false accepts and the genuine share it accepts; and, given a `threshold` calibrated
+    elsewhere, the false accepts and genuine accepts it gives here (%)."""
+    enrolled = np.isin(people, names)
+    hits = names[distances.argmin(1)] == people
+    genuine = distances[enrolled, np.searchsorted(names, people[enrolled])]
+    impostor = distances[names[None, :] != people[:, None]]
+    own = threshold_at_far(impostor, far)
+
+    def percent(values: NDArray[np.bool_]) -> float | None:
+        return round(100.0 * float(values.mean()), 1) if len(values) else None
+
+    report: dict[str, object] = {
+        "rank1": {str(s): percent(hits[enrolled & (scenes == s)]) for s in np.unique(scenes[enrolled])},
+        "rank1_overall": percent(hits[enrolled]), "probes": int(enrolled.sum()),
+        "equal_error_rate": round(100.0 * equal_error_rate(genuine, impostor)["rate"], 1) if len(genuine) else None,
+        "own_threshold": round(own, 4), "own_threshold_genuine_accepted": percent(genuine <= own)}
+    if threshold is not None:
+        report |= {"casiab_threshold": round(threshold, 4),
+                   "false_accepts": round(100.0 * float(np.mean(impostor <= threshold)), 1),
+                   "genuine_accepted": percent(genuine <= threshold)}
+    return report
+
+
+def _cell(value: object) -> str:
+    return f"{value:5.1f}" if isinstance(value, float) else "    -"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dumps", type=Path, nargs="+", help="embedding dumps (see above)")
+    parser.add_argument("--casiab", type=Path, help="the encoder's CASIA-B dump: where each rule's threshold is "
+                        "calibrated, and the mean the `shrunk` rule draws toward")
+    parser.add_argument("--prior-walks", type=float, default=20.0, help="weight of the prior mean, in walks")
+    parser.add_argument("--far", type=float, default=0.01, help="false-accept rate of the thresholds")
+    parser.add_argument("--json", type=Path, help="write every number here")
+    args = parser.parse_args(argv)
+    try:
+        casiab = None if args.casiab is None else load_walks(args.casiab)
+        datasets = [(path, load_walks(path)) for path in args.dumps]
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    prior = None if casiab is None else casiab.vectors.mean(0)
+    rules = list(product(GALLERY_RULES, (*CENTRING_RULES, "shrunk") if prior is not None else CENTRING_RULES))
+    thresholds: dict[tuple[str, str], float | None] = {rule: None for rule in rules}
+    if casiab is not None:
+        for rule in rules:
+            distances, names, people, _ = walk_distances(casiab, *rule, prior, args.prior_walks)
+            thresholds[rule] = threshold_at_far(distances[names[None, :] != people[:, None]], args.far)
+    report: dict[str, object] = {"casiab": None if args.casiab is None else str(args.casiab),
+                                 "prior_walks": args.prior_walks, "far": args.far, "datasets": {}}
+    for path, walks in datasets:
+        print(f"{path}: {len(np.unique(walks.walks))} walks, {len(np.unique(walks.people[walks.gallery]))} enrolled")
+        rows = report["datasets"][str(path)] = {}  # type: ignore[index]
+        for rule in rules:
+            row = rows[f"{rule[0]}/{rule[1]}"] = score_rules(
+                *walk_distances(walks, *rule, prior, args.prior_walks), thresholds[rule], args.far)
+            scenes = " ".join(f"{scene} {value:5.1f}" for scene, value in row["rank1"].items())  # type: ignore[union-attr]
+            transfer = "" if thresholds[rule] is None else (
+                f"  CASIA-B t {row['casiab_threshold']:.3f}: false acc. {row['false_accepts']:4.1f} % genuine "
+                f"{_cell(row['genuine_accepted'])} %")
+            print(f"  gallery {rule[0]:<8s} centring {rule[1]:<6s} Rank-1 {_cell(row['rank1_overall'])} ({scenes})  "
+                  f"EER {_cell(row['equal_error_rate'])} %{transfer}")
+    if args.json is not None:
+        write_report(args.json, report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
