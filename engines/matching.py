@@ -46,8 +46,8 @@ class GalleryIndex:
     10 embeddings of 2048 floats that reads 10 MB per query instead of 800 MB (`tools/bench.py matcher`).
     """
 
-    def __init__(self, snapshot: GallerySnapshot, *, exact_max_embeddings: int = 4096, coarse_dim: int = 128,
-                 candidates: int = 48) -> None:
+    def __init__(self, snapshot: GallerySnapshot, *, centred: bool = False, exact_max_embeddings: int = 4096,
+                 coarse_dim: int = 128, candidates: int = 48) -> None:
         self.names = snapshot.names
         self.parts = snapshot.parts
         self.encoder = snapshot.encoder
@@ -55,6 +55,9 @@ class GalleryIndex:
         self.owners = snapshot.owners[order]
         vectors = snapshot.vectors[order]
         self.vectors = normalise_parts(vectors, snapshot.parts) if len(vectors) else vectors
+        self.centred = centred and len(vectors) > 0
+        if self.centred:  # the gallery's own mean subtracted (`CameraMeans`: queries lose their camera's)
+            self.vectors = normalise_parts(self.vectors - self.vectors.mean(0, keepdims=True), snapshot.parts)
         self.starts = np.searchsorted(self.owners, np.arange(len(self.names)))
         self.counts = np.diff(np.append(self.starts, len(self.owners)))
         self.candidates = candidates
@@ -69,11 +72,14 @@ class GalleryIndex:
     def __len__(self) -> int:
         return len(self.names)
 
-    def query(self, embeddings: NDArray[np.float32], top_k: int = 5) -> list[list[Match]]:
-        """(Q, D) -> for each query, up to `top_k` identities by increasing distance."""
+    def query(self, embeddings: NDArray[np.float32], top_k: int = 5,
+              offset: NDArray[np.float32] | None = None) -> list[list[Match]]:
+        """(Q, D) -> for each query, up to `top_k` identities by increasing distance. `offset` (D,) is subtracted
+        from every query first: its camera's mean, for a centred index."""
         if not len(self.names):
             return [[] for _ in range(len(embeddings))]
-        queries = normalise_parts(np.asarray(embeddings, np.float32), self.parts)
+        queries = np.asarray(embeddings, np.float32)
+        queries = normalise_parts(queries if offset is None else queries - offset[None], self.parts)
         if self.strategy == "exact":
             best = np.maximum.reduceat(queries @ self.vectors.T, self.starts, axis=1)  # (Q, identities)
             return [self._top(np.arange(len(self.names)), row, top_k) for row in best]
@@ -112,6 +118,35 @@ def decide_identity(matches: list[Match], accept_distance: float,
     if len(matches) > 1 and best.distance > margin_ratio * matches[1].distance:
         return UNKNOWN, 0.0
     return best.name, float(np.clip(1.0 - best.distance / accept_distance, 0.0, 1.0))
+
+
+class CameraMeans:
+    """Each camera's mean walk embedding, learned from the walks it has seen: what per-camera centring subtracts.
+
+    A camera's footage shifts every embedding it yields by a common offset (its height, distance, lighting, mask
+    quality), which shrinks the distances between different people (`tools/matcher_rules.py`: on USF a threshold
+    calibrated on CASIA-B accepts 92 % of impostors). Subtracting the camera's mean walk (and the gallery's mean
+    from the gallery) removes the offset, as camera-wise normalisation in cross-domain re-identification does. The
+    mean is only used once the camera has seen `min_walks` walks: before that it is the mean of a few people, not of
+    the camera, and centring by it would name strangers. Sums, so the state is one vector per camera.
+    """
+
+    def __init__(self, min_walks: int) -> None:
+        self.min_walks = min_walks
+        self.sums: dict[str, NDArray[np.float64]] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, camera: str, walk: NDArray[np.float32]) -> bool:
+        """Count one finished walk (`TrackEvidence.embedding()`); True when the camera has just become usable."""
+        vector = np.asarray(walk, np.float64)
+        self.sums[camera] = self.sums.get(camera, 0.0) + vector
+        self.counts[camera] = self.counts.get(camera, 0) + 1
+        return self.counts[camera] == self.min_walks
+
+    def mean(self, camera: str) -> NDArray[np.float32] | None:
+        """The camera's mean walk, or None while it has seen fewer than `min_walks` walks."""
+        count = self.counts.get(camera, 0)
+        return None if count < self.min_walks else (self.sums[camera] / count).astype(np.float32)
 
 
 class TrackEvidence:

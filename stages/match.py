@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, ClassVar
 
 import numpy as np
-from pydantic import AfterValidator, Field, ValidationInfo
+from pydantic import AfterValidator, Field, ValidationInfo, model_validator
 
 from engines.gallery import Gallery, GallerySnapshot, gallery_location, open_gallery, resolve_gallery_path
-from engines.matching import UNKNOWN, GalleryIndex, Match, TrackEvidence, decide_identity
-from pipeline.config import StageConfig, resolve_config_path
+from engines.matching import UNKNOWN, CameraMeans, GalleryIndex, Match, TrackEvidence, decide_identity
+from pipeline.config import StageConfig, StrictModel, resolve_config_path
 from pipeline.messages import Candidate, DataMessage, Embeddings, EndOfStream, FrameRecord, Identities
 from pipeline.stage import Stage
 
@@ -44,6 +44,27 @@ def _resolve_gallery(value: str | Path, info: ValidationInfo) -> str | Path:
 
 
 GalleryLocation = Annotated[str | Path, AfterValidator(_resolve_gallery)]
+
+
+class CentringConfig(StrictModel):
+    """Per-camera centring (`engines.matching.CameraMeans`): off by default, see README "Real footage"."""
+
+    enabled: bool = Field(False, description="subtract each camera's mean walk and the gallery's mean before "
+                          "matching, once both are known (min_walks, min_identities); otherwise match as usual")
+    min_walks: int = Field(20, ge=1, description="finished walks a camera must have shown before it is centred")
+    min_identities: int = Field(10, ge=2, description="identities the gallery needs before its mean means anything")
+    accept_distance: float | None = Field(
+        None, gt=0, lt=2, description="threshold for centred distances (tools/matcher_rules.py: the CASIA-B 1 % "
+        "false-accept threshold of the `scene` rule); required when enabled")
+    cameras: dict[str, str] = Field(default_factory=dict, description="stream id -> camera, for streams that are "
+                                    "recordings of one camera (default: every stream its own camera)")
+
+    @model_validator(mode="after")
+    def _threshold_when_enabled(self) -> CentringConfig:
+        if self.enabled and self.accept_distance is None:
+            raise ValueError("centring.enabled needs centring.accept_distance, calibrated for centred distances "
+                             "(tools/matcher_rules.py --casiab DUMP: the `scene` rule's CASIA-B threshold)")
+        return self
 
 
 class MatchConfig(StageConfig):
@@ -69,6 +90,7 @@ class MatchConfig(StageConfig):
                                      "(a PostgreSQL gallery's arrive as they commit)")
     auto_enroll: bool = Field(False, description="add tracks that end unknown as anonymous identities")
     auto_enroll_min_windows: int = Field(2, ge=1, description="windows an unknown track needs to be auto-enrolled")
+    centring: CentringConfig = Field(default_factory=CentringConfig)
 
 
 #: Used when neither the config nor the encoder's weights give a threshold: the compact CASIA-B encoders' 1 % FAR.
@@ -93,6 +115,8 @@ class MatchStage(Stage):
         self.store: Gallery | None = None
         self.follower: GalleryFollower | None = None
         self.index: GalleryIndex | None = None
+        self.centred_index: GalleryIndex | None = None
+        self.camera_means = CameraMeans(config.centring.min_walks)
         self.version = -1
         self.next_reload_s = 0.0
         self.tracks: dict[tuple[str, int], _TrackState] = {}
@@ -133,6 +157,9 @@ class MatchStage(Stage):
     def _use(self, version: int, snapshot: GallerySnapshot) -> None:
         self.version = version
         self.index = GalleryIndex(snapshot)
+        centring = self.config.centring  # type: ignore[attr-defined]
+        self.centred_index = (GalleryIndex(snapshot, centred=True)
+                              if centring.enabled and len(snapshot.names) >= centring.min_identities else None)
         self.anonymous_count = snapshot.anonymous
         self.context.metrics.set("gallery_identities", len(self.index))
         shown = self.store.path if self.store is not None else self.gallery_path
@@ -186,6 +213,9 @@ class MatchStage(Stage):
             return set()
         can_match = self._can_match(embeddings)
         accept = self._accept_distance(embeddings)
+        offset = self.camera_means.mean(self._camera(stream_id)) if self.centred_index is not None else None
+        if offset is not None:
+            accept = config.centring.accept_distance  # type: ignore[assignment]
         decided = set()
         for track_id, vector, frames in zip(embeddings.track_ids.tolist(), embeddings.vectors,
                                             embeddings.window_frames.tolist()):
@@ -197,7 +227,8 @@ class MatchStage(Stage):
             matches: list[Match] = []
             if can_match:
                 assert self.index is not None
-                matches = self.index.query(state.evidence.embedding()[None], max(config.top_k, 2))[0]
+                index = self.index if offset is None else self.centred_index
+                matches = index.query(state.evidence.embedding()[None], max(config.top_k, 2), offset)[0]  # type: ignore[union-attr]
             name, confidence = decide_identity(matches, accept, config.margin_ratio)
             if name != state.label[0]:
                 log.info("identity stream=%s track=%d identity=%s confidence=%.2f windows=%d", stream_id, track_id,
@@ -219,10 +250,19 @@ class MatchStage(Stage):
             candidates=tuple(s.candidates for s in states),
         )
 
+    def _camera(self, stream_id: str) -> str:
+        return self.config.centring.cameras.get(stream_id, stream_id)  # type: ignore[attr-defined]
+
     def _end_tracks(self, stream_id: str, track_ids: list[int]) -> None:
         config: MatchConfig = self.config  # type: ignore[assignment]
         for track_id in track_ids:
             state = self.tracks.pop((stream_id, track_id), None)
+            if state is not None and config.centring.enabled and state.evidence.windows:
+                camera = self._camera(stream_id)
+                if self.camera_means.add(camera, state.evidence.embedding()):
+                    log.info("camera %s: %d walks seen, matching centred from now on%s", camera,
+                             config.centring.min_walks, "" if self.centred_index is not None else
+                             f" once the gallery has {config.centring.min_identities} identities")
             if state is None or not config.auto_enroll or state.label[0] != UNKNOWN:
                 continue
             if len(state.vectors) >= config.auto_enroll_min_windows and self.last_encoder is not None:

@@ -217,8 +217,11 @@ def load_config(args: argparse.Namespace, clips: list[ManifestClip], gallery: Pa
     overrides = [parse_override(text) for text in args.overrides]
     streams = [{"uri": str(c.path), "id": f"{c.path.stem}-{i}"} for i, c in enumerate(clips)]
     config = load_pipeline_config(args.config, [*overrides, (["streams"], streams)])
+    # A scene is one camera: its clips share the per-camera statistics of stages.match.centring.
+    cameras = {spec["id"]: clip.scene for spec, clip in zip(streams, clips)}
+    centring = config.stages.match.centring.model_copy(update={"cameras": cameras})
     match = config.stages.match.model_copy(update={"gallery": gallery, "top_k": max(5, identities),
-                                                   "auto_enroll": False})
+                                                   "auto_enroll": False, "centring": centring})
     source = config.stages.source.model_copy(update={"mode": "batch", "loop": False})
     sink = config.stages.sink.model_copy(update={
         "out_dir": args.save_silhouettes, "save_silhouettes": True, "write_video": False, "write_events": False,

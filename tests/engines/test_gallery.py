@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engines.gallery import GalleryError, GalleryStore, resolve_gallery_path
-from engines.matching import UNKNOWN, GalleryIndex, Match, TrackEvidence, decide_identity, normalise_parts
+from engines.gallery import GalleryError, GallerySnapshot, GalleryStore, resolve_gallery_path
+from engines.matching import UNKNOWN, CameraMeans, GalleryIndex, Match, TrackEvidence, decide_identity, normalise_parts
 from tests.conftest import REPO_ROOT
 
 DIM, PARTS = 64, 4
@@ -136,6 +136,31 @@ def test_track_evidence_is_the_frame_weighted_mean_of_normalised_windows():
     expected = (30 * unit[0] + 30 * unit[1] + 15 * unit[2]) / 75  # the large window does not dominate
     assert np.allclose(evidence.embedding(), expected, atol=1e-6)
     assert (evidence.windows, evidence.frames, evidence.last_seen_s) == (3, 75, 1.0)
+
+
+def test_centring_removes_what_a_camera_adds_to_everyone():
+    """Ten people enrolled in one place; a second camera adds one large offset to every walk it sees. Raw, every
+    probe lands on whoever lies nearest the offset; centred by each side's own mean, everyone is found again."""
+    rng = np.random.default_rng(3)
+    people = rng.normal(size=(10, DIM)).astype(np.float32)
+    snapshot = GallerySnapshot(tuple(f"p{i}" for i in range(10)), normalise_parts(people, PARTS),
+                               np.arange(10), "enc@1", PARTS)
+    offset = 8.0 * normalise_parts(rng.normal(size=(1, DIM)).astype(np.float32), PARTS)
+    walks = normalise_parts(people + 0.05 * rng.normal(size=people.shape).astype(np.float32), PARTS) + offset
+    raw = [row[0].name for row in GalleryIndex(snapshot).query(walks, 1)]
+    means = CameraMeans(min_walks=10)
+    assert [means.add("hall", walk) for walk in walks][-1] is True  # usable from the tenth walk
+    centred = GalleryIndex(snapshot, centred=True).query(walks, 1, offset=means.mean("hall"))
+    assert [row[0].name for row in centred] == list(snapshot.names)
+    assert sum(a == b for a, b in zip(raw, snapshot.names)) <= 5
+
+
+def test_a_camera_mean_is_withheld_until_enough_walks():
+    means = CameraMeans(min_walks=3)
+    assert not means.add("door", np.ones(4, np.float32)) and means.mean("door") is None
+    means.add("door", np.zeros(4, np.float32))
+    assert means.add("door", np.full(4, 2.0, np.float32))
+    assert np.allclose(means.mean("door"), 1.0) and means.mean("yard") is None
 
 
 def test_names_must_not_be_blank_and_vectors_must_be_finite(gallery: GalleryStore):

@@ -111,3 +111,26 @@ def test_a_silent_track_is_forgotten_and_a_stranger_auto_enrolled(gallery: Path)
     finally:
         store.close()
     assert [(i.name, i.embeddings) for i in anonymous] == [("anon-0001", 2)]
+
+
+def test_a_camera_is_matched_centred_once_it_has_seen_enough_walks(gallery: Path):
+    """The hall's camera adds one large offset to every walk. Raw, alice there is nobody; after two finished walks
+    the camera's mean is known, and her next walk, centred like the gallery, is hers."""
+    offset = 6.0 * person(9)
+    seen = [(1, noisy(person(1), 30, 0.1) + offset), (2, noisy(person(2), 31, 0.1) + offset)]
+    ends = [dataclasses.replace(window_records([(t, v)], stream="hall-cam", start=10 + t)[0], embeddings=None,
+                                tracks=Tracks(), ended_track_ids=np.asarray([t])) for t, v in seen]
+    later = window_records([(3, noisy(person(1), 32, 0.1) + offset)], stream="hall-cam", start=20)
+    records = [*window_records(seen, stream="hall-cam"), *ends, *later]
+    raw = labels(run_stage(MatchStage, records, MatchConfig(gallery=gallery)).outputs)
+    assert raw[3] != ["alice"]
+    centring = {"enabled": True, "min_walks": 2, "min_identities": 2, "accept_distance": 0.4,
+                "cameras": {"hall-cam": "hall"}}
+    centred = labels(run_stage(MatchStage, records, MatchConfig(gallery=gallery, centring=centring)).outputs)
+    assert centred[3] == ["alice"]
+    assert centred[1] == raw[1]  # walks before the camera was known are matched as usual
+
+
+def test_centring_needs_its_own_threshold():
+    with pytest.raises(ValueError, match="centring.accept_distance"):
+        MatchConfig(centring={"enabled": True})
