@@ -17,6 +17,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from engines.errors import EngineError
@@ -33,6 +34,17 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def wait_until_serving(process: subprocess.Popen, accepts_connections: Callable[[], bool], log: Path,
+                       timeout_s: float, what: str, error: type[Exception] = RuntimeError) -> None:
+    """Poll until a server just started accepts connections; `error` with its log's end when it exits or is not
+    serving within `timeout_s`. Shared by the test servers (PostgreSQL here, nats-server in the tests)."""
+    deadline = time.monotonic() + timeout_s
+    while not accepts_connections():
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise error(f"{what} did not start: {log.read_text()[-2000:]}")
+        time.sleep(0.05)
 
 
 class EmbeddedPostgres:
@@ -124,11 +136,8 @@ class EmbeddedPostgres:
             raise PostgresServerError(f"cannot start postgres: {exc}") from exc
         finally:
             log.close()
-        deadline = time.monotonic() + 30
-        while not self._accepts_connections():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise PostgresServerError(f"postgres did not start: {(self.root / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.1)
+        wait_until_serving(self.process, self._accepts_connections, self.root / "server.log", 30, "postgres",
+                           PostgresServerError)
 
     def _accepts_connections(self) -> bool:
         import psycopg

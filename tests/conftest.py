@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import pytest
 
-from engines.testing_postgres import EmbeddedPostgres, PostgresServerError, free_port
+from engines.testing_postgres import EmbeddedPostgres, PostgresServerError, free_port, wait_until_serving
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -200,11 +200,7 @@ class NatsServer:
             self.process = subprocess.Popen([str(self.binary), "-js", "-a", "127.0.0.1", "-p", str(self.port),
                                              "-sd", str(self.root / "store"), *tls],
                                             stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 10
-        while not self._accepts_connections():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"nats-server did not start: {(self.root / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.05)
+        wait_until_serving(self.process, self._accepts_connections, self.root / "server.log", 10, "nats-server")
 
     def _accepts_connections(self) -> bool:
         try:
