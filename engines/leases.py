@@ -17,6 +17,11 @@ arrived) can expire it. The rest of the TTL is the time its reader has to stop. 
 once as long as each stops its reader within `ttl_s - fence_s` of the loss callback; only durations on each host's
 own monotonic clock are compared, never timestamps across hosts.
 
+Hand-over. A host that holds a camera it cannot read (its source gave up on it) hands it over: it stops renewing the
+lease, reports the camera lost, and does not try to take it again for `rest_s`. The lease is not deleted but left
+to expire, so another host takes the camera `ttl_s` after the last renewal at most, when this host's reader has
+long stopped; a camera no host can read goes round the hosts, each resting from it in turn.
+
 Every value is `<host> <token>`, the token random per `CameraLeases`: a write whose acknowledgement was lost (a
 timeout) is recognised as our own on the next round and its revision adopted, rather than read as a takeover.
 
@@ -110,6 +115,8 @@ class CameraLeases:
         self.on_renew = on_renew
         self.value = f"{host} {secrets.token_hex(8)}".encode()
         self._held: dict[str, _Lease] = {}
+        self._resting: dict[str, float] = {}  # camera -> monotonic time before which it is not taken again
+        self._handing_over: set[str] = set()
         self._lock = threading.Lock()
         self._first_round = threading.Event()
         self._failure: Exception | None = None
@@ -128,6 +135,15 @@ class CameraLeases:
     def held(self) -> frozenset[str]:
         with self._lock:
             return frozenset(self._held)
+
+    def hand_over(self, camera: str, rest_s: float) -> None:
+        """Give `camera` up for another host to take (this one cannot read it): its lease is no longer renewed from
+        the next round, `on_change(camera, False)` reported then, and it is not taken again for `rest_s`. Any
+        thread."""
+        with self._lock:
+            if camera in self.keys:
+                self._handing_over.add(camera)
+                self._resting[camera] = time.monotonic() + rest_s
 
     def close(self) -> None:
         """Stop taking and renewing, report every held camera lost, then delete their keys."""
@@ -165,6 +181,7 @@ class CameraLeases:
                         nc = await self._connect()
                     if kv is None:
                         kv = await self._open_bucket(nc.jetstream(timeout=self.renew_interval_s))
+                    self._give_up_handed_over()
                     if nc.is_connected:  # else nats-py is reconnecting, and the fence watches the clock
                         await self._renew(kv)
                         await self._acquire(kv)
@@ -247,10 +264,17 @@ class CameraLeases:
             if revision is None:
                 self._lose(camera, "another host holds it (this host's lease had expired)")
 
+    def _give_up_handed_over(self) -> None:
+        with self._lock:
+            cameras, self._handing_over = self._handing_over, set()
+        for camera in sorted(cameras):
+            rest_s = self._resting[camera] - time.monotonic()
+            self._lose(camera, f"handed over: this host cannot read it; not taken again for {max(rest_s, 0):.0f} s")
+
     async def _acquire(self, kv: Any) -> None:
         for camera in self.keys:
             with self._lock:
-                if camera in self._held:
+                if camera in self._held or self._resting.get(camera, 0.0) > time.monotonic():
                     continue
                 if self.max_cameras is not None and len(self._held) >= self.max_cameras:
                     return

@@ -126,6 +126,9 @@ class LeaseSettings(StrictModel):
     ttl_s: float = Field(10.0, gt=0, description="a lease lives this long after its last renewal; same for the site")
     renew_interval_s: float | None = Field(None, gt=0, description="default ttl_s / 5; below ttl_s / 2")
     max_cameras: int | None = Field(None, ge=1, description="hold at most this many cameras (spread them over hosts)")
+    rest_after_failure_s: float = Field(
+        60.0, gt=0, description="a camera this host could not read (it never opened, or stages.source.max_outage_s "
+        "passed) is handed to the other hosts and not taken back here for this long")
 
 
 class NodeSettings(StrictModel):

@@ -10,7 +10,12 @@ ready: a host that cannot run its stages holds nothing. Without leases every cam
 host of a site configured by hand. On the way out the sources stop first and the leases are released after, so a
 camera is free for others only once nothing here reads it.
 
-The leaseholder is passed in (`engines.leases.CameraLeases`, or anything with the same four members), so this
+A camera this host cannot read (its source reports it never opened, or lost for longer than
+`stages.source.max_outage_s`) is handed over: its lease is left to expire for another host to take, and this host
+rests from it for `node.leases.rest_after_failure_s`. So a host cut off from one camera does not keep it from the
+hosts that can reach it.
+
+The leaseholder is passed in (`engines.leases.CameraLeases`, or anything with the same members), so this
 module stays free of the broker. Must not import `stages` or `engines`.
 """
 
@@ -21,10 +26,14 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from pipeline.fence import deadline_path, extend_deadline
+from pipeline.messages import Report, ReportEvent
 from pipeline.stage import Stage
 from pipeline.supervisor import RunResult, Supervisor
 
 log = logging.getLogger(__name__)
+
+#: What a source reports about a camera it cannot read: never opened, or lost for good.
+UNREADABLE = (ReportEvent.INPUT_FAILED, ReportEvent.STREAM_LOST)
 
 
 class Leaseholder(Protocol):
@@ -36,15 +45,26 @@ class Leaseholder(Protocol):
 
     def start(self) -> None: ...
 
+    def hand_over(self, camera: str, rest_s: float) -> None: ...
+
     def close(self) -> None: ...
 
 
 def run_node(config: Any, stages: Mapping[str, type[Stage]], leases: Leaseholder | None = None) -> RunResult:
     """Run this host's pipeline until stopped (signal or failure), its cameras following `leases` (None: all)."""
     node = config.node
-    supervisor = Supervisor(config, stages, sources_on_demand=True, read_deadlines=leases is not None,
-                            host=node.host, on_ready=leases.start if leases is not None else None)
     cameras = [stream.id for stream in config.streams]
+
+    def hand_over_unreadable(report: Report) -> None:
+        if leases is not None and report.stream_id in cameras and report.event in UNREADABLE:
+            log.warning("camera %s cannot be read here (%s): handing it to the other hosts, not taking it back "
+                        "for %g s", report.stream_id, report.detail or report.event.value,
+                        node.leases.rest_after_failure_s)
+            leases.hand_over(report.stream_id, node.leases.rest_after_failure_s)
+
+    supervisor = Supervisor(config, stages, sources_on_demand=True, read_deadlines=leases is not None,
+                            host=node.host, on_ready=leases.start if leases is not None else None,
+                            on_report=hand_over_unreadable)
     if leases is None:
         for camera in cameras:
             supervisor.start_source(camera)

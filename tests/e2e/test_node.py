@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import REPO_ROOT, NatsServer, wait_for
+from tests.conftest import REPO_ROOT, NatsServer, free_port, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 TTL_S = 3.0
@@ -46,7 +46,7 @@ class Node:
             self.process.wait(10)
 
 
-def node_config(folder: Path, host: str, clip: Path, nats_url: str) -> Path:
+def node_config(folder: Path, host: str, clip: Path | str, nats_url: str, source: str = "loop: true") -> Path:
     """A node of site `test` whose one lease candidate is `clip` played as camera `door` (looped); the cheapest
     stages that still read every frame (background subtraction, no video written)."""
     path = folder / f"{host}.yaml"
@@ -61,7 +61,7 @@ node:
   nats_url: {nats_url}
   leases: {{ttl_s: {TTL_S}}}
 stages:
-  source: {{loop: true}}
+  source: {{{source}}}
   detect_track: {{detector: {{backend: bgsub}}}}
   sink: {{write_video: false, out_dir: {folder / ("out-" + host)}}}
 """)
@@ -103,4 +103,26 @@ def test_a_killed_node_s_camera_is_taken_over_within_the_ttl_without_overlap(tmp
         assert text.index("lease released camera=door host=node-b") > text.index("stream opened stream=door")
     finally:
         for node in nodes.values():
+            node.stop()
+
+
+def test_a_camera_the_holder_cannot_open_is_handed_to_a_host_that_can(tmp_path, outdoor_clip, nats_server: NatsServer):
+    """node-a takes the door camera but reaches it at an address where nothing answers; its source reports that,
+    and node-a hands the camera over instead of holding it unread: node-b, which can read it, has it then."""
+    unreachable = f"rtsp://127.0.0.1:{free_port()}/door"
+    a = Node("node-a", node_config(tmp_path, "node-a", unreachable, nats_server.url,
+                                   "initial_connect_attempts: 1"), tmp_path / "node-a.log")
+    nodes = [a]
+    try:
+        wait_for(lambda: "lease taken camera=door host=node-a" in a.text(), 180, "node-a to take the camera")
+        b = Node("node-b", node_config(tmp_path, "node-b", outdoor_clip, nats_server.url), tmp_path / "node-b.log")
+        nodes.append(b)
+        wait_for(lambda: "handed over" in a.text(), 60, "node-a to hand the camera over")
+        wait_for(lambda: "stream opened stream=door" in b.text(), 180, "node-b to read the camera")
+        time.sleep(2 * RENEW_S)  # node-a rests from the camera: it must not take it back
+        assert [e[:3] for e in b.source_events()][:1] == [("started", "door", "node-b")]
+        assert [e[0] for e in a.source_events()].count("started") == 1
+        assert "cannot be read here" in a.text() and a.process.poll() is None  # node-a runs on, camera-less
+    finally:
+        for node in nodes:
             node.stop()

@@ -70,6 +70,24 @@ def test_a_closed_holder_hands_its_camera_over_at_once(leases):
     assert changes.seen[0][2] - closed < TTL_S / 2
 
 
+def test_a_camera_handed_over_goes_to_another_host_and_is_not_retaken_while_resting(leases):
+    """The holder cannot read the camera: it hands it over; the other host has it once the lease expires (no
+    delete: the first host's reader has stopped by then), and the first does not take it back while it rests."""
+    changes = Changes()
+    a = leases("a", ["door"], on_change=changes)
+    wait_for(a.held, 5, "a to take the door camera")
+    b = leases("b", ["door"])
+    a.hand_over("door", rest_s=30.0)
+    handed = time.monotonic()
+    wait_for(lambda: not a.held(), TTL_S, "a to give the camera up")
+    assert changes.seen[-1][:2] == ("door", False) and changes.seen[-1][2] - handed < TTL_S / 2
+    wait_for(b.held, TTL_S + TTL_S / 5 + 2, "b to take the handed-over camera")
+    b.close()  # free again: a, resting, must leave it alone
+    time.sleep(2 * TTL_S / 5 + 0.5)
+    assert not a.held()
+    a.hand_over("hall", rest_s=1.0)  # not one of its cameras: ignored
+
+
 def test_a_killed_holder_is_taken_over_within_the_ttl_and_never_while_it_reads(leases, nats_server):
     holder = subprocess.Popen([sys.executable, "-m", "tests.engines.lease_holder", nats_server.url, "doomed",
                                str(TTL_S), "door"], cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True,
