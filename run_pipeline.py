@@ -105,7 +105,8 @@ def node_defaults(config) -> list[tuple[list[str], object]]:
 
     node, sink, default = config.node, config.stages.sink, SinkConfig()
     values = {"site": node.site, "host": node.host, "nats_url": node.nats_url,
-              "nats_credentials": str(node.nats_credentials) if node.nats_credentials else None}
+              "nats_credentials": str(node.nats_credentials) if node.nats_credentials else None,
+              "nats_ca": str(node.nats_ca) if node.nats_ca else None}
     return [(["stages", "sink", key], value) for key, value in values.items()
             if value is not None and getattr(sink, key) == getattr(default, key)]
 
@@ -133,7 +134,7 @@ def run_node_config(config):
         leases = CameraLeases(config.node.nats_url, host=config.node.host, bucket=lease_bucket(config.node.site),
                               cameras=[stream.id for stream in config.streams], ttl_s=settings.ttl_s,
                               renew_interval_s=settings.renew_interval_s, max_cameras=settings.max_cameras,
-                              credentials=config.node.nats_credentials)
+                              credentials=config.node.nats_credentials, ca=config.node.nats_ca)
     return run_node(config, stage_registry(), leases)
 
 

@@ -45,7 +45,7 @@ from typing import Any
 
 from engines.errors import EngineError
 from engines.gallery import redact_url
-from engines.nats_client import credential_options, import_nats
+from engines.nats_client import connect_options, import_nats
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +89,11 @@ class CameraLeases:
 
     def __init__(self, url: str, *, host: str, cameras: Sequence[str], bucket: str = lease_bucket("site"),
                  ttl_s: float = 10.0, renew_interval_s: float | None = None, fence_s: float | None = None,
-                 max_cameras: int | None = None, credentials: Path | None = None,
+                 max_cameras: int | None = None, credentials: Path | None = None, ca: Path | None = None,
                  on_change: Callable[[str, bool], None] | None = None,
                  on_renew: Callable[[str, float], None] | None = None) -> None:
         self._nats = import_nats("camera leases (node.nats_url)", LeaseError, with_nkeys=credentials is not None)
-        self._connect_options = credential_options(credentials, LeaseError)
+        self._connect_options = connect_options(LeaseError, credentials=credentials, ca=ca)
         self.fence_s = fence_s if fence_s is not None else ttl_s / 2
         self.renew_interval_s = renew_interval_s if renew_interval_s is not None else ttl_s / 5
         if not 0 < self.renew_interval_s < self.fence_s < ttl_s:

@@ -140,6 +140,7 @@ class NodeSettings(StrictModel):
     nats_url: str | None = Field(None, description="the site's NATS broker (leases, and events unless the sink "
                                                    "names another)")
     nats_credentials: ConfigPath | None = Field(None, description="a .creds or nkey seed file for the broker")
+    nats_ca: ConfigPath | None = Field(None, description="the CA (PEM) a tls:// broker's certificate must chain to")
     leases: LeaseSettings | None = Field(None, description="null: read every camera of streams:")
 
     @model_validator(mode="after")

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from engines.gallery import redact_url
-from engines.nats_client import credential_options, import_nats
+from engines.nats_client import connect_options, import_nats
 from pipeline.errors import FatalError
 from pipeline.metrics import ProcessMetrics
 
@@ -76,10 +76,10 @@ class NatsEventPublisher:
     """
 
     def __init__(self, url: str, *, site: str, host: str, run: str, subject_prefix: str = "gaitstream.events",
-                 queue_events: int = 10_000, credentials: Path | None = None) -> None:
+                 queue_events: int = 10_000, credentials: Path | None = None, ca: Path | None = None) -> None:
         self._nats = import_nats("events on NATS (stages.sink.nats_url)", NatsEventsError,
                                  with_nkeys=credentials is not None)
-        self._connect_options = credential_options(credentials, NatsEventsError)
+        self._connect_options = connect_options(NatsEventsError, credentials=credentials, ca=ca)
         self.servers = [server.strip() for server in url.split(",")]
         self.location = ",".join(redact_url(server) for server in self.servers)
         self.subject_base = f"{subject_prefix}.{subject_token(site)}.{subject_token(host)}"

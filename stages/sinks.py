@@ -81,6 +81,8 @@ class SinkConfig(StageConfig):
     nats_queue_events: int = Field(10_000, ge=1, description="events held while the broker is slow or away; "
                                    "beyond it the oldest are dropped and counted")
     nats_credentials: ConfigPath | None = Field(None, description="NATS credentials (.creds) or nkey seed file")
+    nats_ca: ConfigPath | None = Field(None, description="the CA (PEM) a tls:// broker's certificate must chain to "
+                                       "(default: the system's CAs)")
 
 
 def _box(record: FrameRecord, track_id: int) -> list[float] | None:
@@ -130,7 +132,8 @@ class SinkStage(Stage[SinkConfig]):
         if config.nats_url:
             self.nats = NatsEventPublisher(config.nats_url, site=config.site, host=config.host,
                                            run=self.context.run_dir.name, subject_prefix=config.nats_subject_prefix,
-                                           queue_events=config.nats_queue_events, credentials=config.nats_credentials)
+                                           queue_events=config.nats_queue_events, credentials=config.nats_credentials,
+                                           ca=config.nats_ca)
 
     # --- per stream ----------------------------------------------------------------------------------------
     def _outputs(self, stream_id: str) -> _StreamOutputs:

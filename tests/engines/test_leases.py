@@ -124,6 +124,32 @@ def test_a_holder_cut_off_from_the_broker_gives_its_camera_up_at_the_fence(lease
     assert at - stopped >= a.fence_s - a.renew_interval_s - 0.1
 
 
+def test_leases_over_tls_need_the_site_s_ca(tmp_path, monkeypatch):
+    """A tls:// broker: with the site's CA (node.nats_ca) a host takes its camera; with another CA it never does."""
+    from tests.conftest import make_tls_files
+
+    tls = make_tls_files(tmp_path / "site")
+    other = make_tls_files(tmp_path / "other")
+    server = NatsServer(tls)
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    holders = []
+    try:
+        server.start()
+        refused = CameraLeases(server.url, host="b", cameras=["hall"], ttl_s=TTL_S, ca=other.ca)
+        holders.append(refused)
+        refused.start()
+        trusted = CameraLeases(server.url, host="a", cameras=["door"], ttl_s=TTL_S, ca=tls.ca)
+        holders.append(trusted)
+        trusted.start()
+        wait_for(trusted.held, 5, "the host with the site's CA to take its camera")
+        time.sleep(TTL_S)
+        assert not refused.held()
+    finally:
+        for holder in holders:
+            holder.close()
+        server.remove()
+
+
 def test_timings_that_cannot_fence_are_refused(nats_server):
     with pytest.raises(LeaseError, match="renew_interval_s < fence_s < ttl_s"):
         CameraLeases(nats_server.url, host="a", cameras=["door"], ttl_s=2, renew_interval_s=1.5)

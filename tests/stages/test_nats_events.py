@@ -176,6 +176,30 @@ def test_events_over_tls_reach_a_broker_whose_certificate_the_ca_in_ssl_cert_fil
         server.remove()
 
 
+def test_events_over_tls_to_a_broker_of_the_site_s_own_ca_given_in_the_config(tmp_path, monkeypatch):
+    """`stages.sink.nats_ca`: the site's CA file, no environment variable; a broker of another CA is refused."""
+    import nats
+
+    from engines.nats_client import connect_options
+
+    tls = make_tls_files(tmp_path / "site")
+    other = make_tls_files(tmp_path / "other")
+    server = NatsServer(tls)
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    try:
+        server.start()
+        run = run_stage(SinkStage, [walker("cam", 0, named="alice"), EndOfStream("cam", 0, 1)],
+                        SinkConfig(out_dir=None, nats_url=server.url, nats_ca=tls.ca, site="lab", host="h1"))
+        assert run.metrics.counters["events_published_total"] >= 1
+        with pytest.raises(ssl.SSLCertVerificationError):
+            asyncio.run(nats.connect(server.url, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=5,
+                                     **connect_options(NatsEventsError, ca=other.ca)))
+    finally:
+        server.remove()
+    with pytest.raises(NatsEventsError, match="cannot read the NATS CA"):
+        connect_options(NatsEventsError, ca=tmp_path / "missing.pem")
+
+
 def test_nats_url_without_nats_py_is_one_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "nats", None)  # as if the cluster extra were not installed
     sink = SinkStage(SinkConfig(out_dir=None, nats_url="nats://127.0.0.1:4222"), make_context("sink"))
