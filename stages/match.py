@@ -78,7 +78,7 @@ class MatchConfig(StageConfig):
         "./gallery.sqlite")
     accept_distance: float | None = Field(
         None, gt=0, lt=2, description="largest part-averaged cosine distance accepted as a match; null: the "
-        "threshold calibrated for the encoder (its weights' metadata, tools/eval_wild.py --calibrate)")
+        "threshold calibrated for the encoder (its weights' metadata, written by tools/calibrate.py)")
     margin_ratio: float = Field(
         0.9, gt=0, le=1, description="name the closest identity only if its distance is at most this times the "
         "runner-up's (1: no margin)")
@@ -202,8 +202,8 @@ class MatchStage(Stage):
         if not self.warned_uncalibrated:
             self.warned_uncalibrated = True
             log.warning("encoder %s carries no calibrated accept_distance and stages.match.accept_distance is not "
-                        "set: using %.2f (calibrate with tools/eval_wild.py --calibrate)", embeddings.encoder,
-                        FALLBACK_ACCEPT_DISTANCE)
+                        "set: using %.2f (calibrate: tools/calibrate.py, README \"Calibrating on your cameras\")",
+                        embeddings.encoder, FALLBACK_ACCEPT_DISTANCE)
         return FALLBACK_ACCEPT_DISTANCE
 
     def _decide(self, stream_id: str, embeddings: Embeddings | None, now_s: float) -> set[int]:

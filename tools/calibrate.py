@@ -7,8 +7,8 @@
 The pipeline reads both from the weights (stages.match.accept_distance: null, stages.gait.canonical_direction:
 auto), so switching encoders can never leave a threshold calibrated for another one. The ONNX file beside the
 weights is exported again so both backends carry the same calibration; the encoder's name changes with the file
-(re-enrol galleries made with the old file). How to choose the threshold: README, "Calibrating the open-set
-threshold". Exit codes: 0 written, 2 bad input.
+(re-enrol galleries made with the old file). How to choose the threshold: README, "Calibrating on your cameras".
+Exit codes: 0 written, 2 bad input.
 """
 
 from __future__ import annotations
