@@ -55,8 +55,7 @@ class GalleryIndex:
         self.owners = snapshot.owners[order]
         vectors = snapshot.vectors[order]
         self.vectors = normalise_parts(vectors, snapshot.parts) if len(vectors) else vectors
-        self.centred = centred and len(vectors) > 0
-        if self.centred:  # the gallery's own mean subtracted (`CameraMeans`: queries lose their camera's)
+        if centred and len(vectors):  # the gallery's own mean subtracted (`CameraMeans`: queries lose their camera's)
             self.vectors = normalise_parts(self.vectors - self.vectors.mean(0, keepdims=True), snapshot.parts)
         self.starts = np.searchsorted(self.owners, np.arange(len(self.names)))
         self.counts = np.diff(np.append(self.starts, len(self.owners)))

@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from engines.evaluation import equal_error_rate, threshold_at_far
+from engines.evaluation import equal_error_rate, identity_distances, threshold_at_far
 from engines.matching import normalise_parts
 from engines.reports import write_report
 
@@ -110,8 +110,7 @@ def walk_distances(walks: WalkSet, gallery_rule: str, centring: str, prior: NDAr
         gallery = _centre(gallery, walks.parts, toward, prior_walks)
         for scene in np.unique(scenes):
             probes[scenes == scene] = _centre(probes[scenes == scene], walks.parts, toward, prior_walks)
-    similarity = normalise_parts(probes, walks.parts) @ gallery.T
-    distances = 1.0 - np.stack([similarity[:, owners == i].max(1) for i in range(len(names))], axis=1)
+    distances, _ = identity_distances(1.0 - normalise_parts(probes, walks.parts) @ gallery.T, names[owners])
     return distances, names, people, scenes
 
 
