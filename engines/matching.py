@@ -10,12 +10,17 @@ otherwise the track is `unknown`. Must not import `pipeline` or `stages`.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
 
+from engines.files import atomic_savez
 from engines.gallery import GallerySnapshot
+
+log = logging.getLogger(__name__)
 
 UNKNOWN = "unknown"
 
@@ -128,23 +133,62 @@ class CameraMeans:
     from the gallery) removes the offset, as camera-wise normalisation in cross-domain re-identification does. The
     mean is only used once the camera has seen `min_walks` walks: before that it is the mean of a few people, not of
     the camera, and centring by it would name strangers. Sums, so the state is one vector per camera.
+
+    The sums belong to one encoder (another maps walks elsewhere): walks of a new encoder start them again. With
+    `path` they are kept in that npz, rewritten after every walk, so a restarted match stage centres at once
+    instead of matching raw until each camera has shown `min_walks` walks again.
     """
 
-    def __init__(self, min_walks: int) -> None:
+    def __init__(self, min_walks: int, path: Path | None = None) -> None:
         self.min_walks = min_walks
+        self.path = path
+        self.encoder: str | None = None
         self.sums: dict[str, NDArray[np.float64]] = {}
         self.counts: dict[str, int] = {}
+        if path is not None and path.exists():
+            self._load(path)
 
-    def add(self, camera: str, walk: NDArray[np.float32]) -> bool:
-        """Count one finished walk (`TrackEvidence.embedding()`); True when the camera has just become usable."""
+    def _load(self, path: Path) -> None:
+        try:
+            with np.load(path, allow_pickle=False) as state:
+                encoder, cameras = str(state["encoder"]), state["cameras"].astype(str).tolist()
+                sums, counts = state["sums"].astype(np.float64), state["counts"].astype(np.int64).tolist()
+            if len(cameras) != len(sums) or len(cameras) != len(counts):
+                raise ValueError("cameras, sums and counts differ in length")
+        except (OSError, KeyError, ValueError) as exc:
+            log.warning("camera statistics %s unreadable (%s): every camera learns its mean again", path, exc)
+            return
+        self.encoder = encoder
+        self.sums, self.counts = dict(zip(cameras, sums)), dict(zip(cameras, counts))
+        log.info("camera statistics %s: encoder %s, %s", path, encoder,
+                 ", ".join(f"{c} {n} walks" for c, n in self.counts.items()) or "no camera yet")
+
+    def _save(self) -> None:
+        if self.path is None or self.encoder is None:
+            return
+        cameras = sorted(self.sums)
+        dim = len(next(iter(self.sums.values()))) if cameras else 0
+        atomic_savez(self.path, {"encoder": np.asarray(self.encoder), "cameras": np.asarray(cameras, dtype=str),
+                                 "sums": np.asarray([self.sums[c] for c in cameras]).reshape(len(cameras), dim),
+                                 "counts": np.asarray([self.counts[c] for c in cameras], np.int64)})
+
+    def add(self, camera: str, walk: NDArray[np.float32], encoder: str) -> bool:
+        """Count one finished walk (`TrackEvidence.embedding()`) of `encoder`; True when the camera has just become
+        usable."""
         vector = np.asarray(walk, np.float64)
+        if encoder != self.encoder or any(len(s) != len(vector) for s in self.sums.values()):
+            if self.sums:
+                log.warning("camera statistics were learnt for encoder %s, walks now come from %s: every camera "
+                            "learns its mean again", self.encoder, encoder)
+            self.encoder, self.sums, self.counts = encoder, {}, {}
         self.sums[camera] = self.sums.get(camera, 0.0) + vector
         self.counts[camera] = self.counts.get(camera, 0) + 1
+        self._save()
         return self.counts[camera] == self.min_walks
 
-    def mean(self, camera: str) -> NDArray[np.float32] | None:
-        """The camera's mean walk, or None while it has seen fewer than `min_walks` walks."""
-        count = self.counts.get(camera, 0)
+    def mean(self, camera: str, encoder: str) -> NDArray[np.float32] | None:
+        """The camera's mean walk of `encoder`, or None while it has seen fewer than `min_walks` of its walks."""
+        count = self.counts.get(camera, 0) if encoder == self.encoder else 0
         return None if count < self.min_walks else (self.sums[camera] / count).astype(np.float32)
 
 

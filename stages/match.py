@@ -24,7 +24,7 @@ from pydantic import AfterValidator, Field, ValidationInfo, model_validator
 
 from engines.gallery import Gallery, GallerySnapshot, gallery_location, open_gallery, resolve_gallery_path
 from engines.matching import UNKNOWN, CameraMeans, GalleryIndex, Match, TrackEvidence, decide_identity
-from pipeline.config import StageConfig, StrictModel, resolve_config_path
+from pipeline.config import ConfigPath, StageConfig, StrictModel, resolve_config_path
 from pipeline.messages import Candidate, DataMessage, Embeddings, EndOfStream, FrameRecord, Identities
 from pipeline.stage import Stage
 
@@ -58,6 +58,9 @@ class CentringConfig(StrictModel):
         "false-accept threshold of the `scene` rule); required when enabled")
     cameras: dict[str, str] = Field(default_factory=dict, description="stream id -> camera, for streams that are "
                                     "recordings of one camera (default: every stream its own camera)")
+    state_file: ConfigPath | None = Field(
+        None, description="npz where each camera's walk statistics are kept across restarts (rewritten after every "
+        "finished walk), so a restarted stage centres at once; null: learnt again after every start")
 
     @model_validator(mode="after")
     def _threshold_when_enabled(self) -> CentringConfig:
@@ -116,7 +119,8 @@ class MatchStage(Stage):
         self.follower: GalleryFollower | None = None
         self.index: GalleryIndex | None = None
         self.centred_index: GalleryIndex | None = None
-        self.camera_means = CameraMeans(config.centring.min_walks)
+        self.camera_means = CameraMeans(config.centring.min_walks,
+                                        config.centring.state_file if config.centring.enabled else None)
         self.version = -1
         self.next_reload_s = 0.0
         self.tracks: dict[tuple[str, int], _TrackState] = {}
@@ -213,7 +217,8 @@ class MatchStage(Stage):
             return set()
         can_match = self._can_match(embeddings)
         accept = self._accept_distance(embeddings)
-        offset = self.camera_means.mean(self._camera(stream_id)) if self.centred_index is not None else None
+        offset = (self.camera_means.mean(self._camera(stream_id), embeddings.encoder)
+                  if self.centred_index is not None else None)
         if offset is not None:
             accept = config.centring.accept_distance  # type: ignore[assignment]
         decided = set()
@@ -257,9 +262,9 @@ class MatchStage(Stage):
         config: MatchConfig = self.config  # type: ignore[assignment]
         for track_id in track_ids:
             state = self.tracks.pop((stream_id, track_id), None)
-            if state is not None and config.centring.enabled and state.evidence.windows:
+            if state is not None and config.centring.enabled and state.evidence.windows and self.last_encoder:
                 camera = self._camera(stream_id)
-                if self.camera_means.add(camera, state.evidence.embedding()):
+                if self.camera_means.add(camera, state.evidence.embedding(), self.last_encoder[0]):
                     log.info("camera %s: %d walks seen, matching centred from now on%s", camera,
                              config.centring.min_walks, "" if self.centred_index is not None else
                              f" once the gallery has {config.centring.min_identities} identities")

@@ -149,18 +149,40 @@ def test_centring_removes_what_a_camera_adds_to_everyone():
     walks = normalise_parts(people + 0.05 * rng.normal(size=people.shape).astype(np.float32), PARTS) + offset
     raw = [row[0].name for row in GalleryIndex(snapshot).query(walks, 1)]
     means = CameraMeans(min_walks=10)
-    assert [means.add("hall", walk) for walk in walks][-1] is True  # usable from the tenth walk
-    centred = GalleryIndex(snapshot, centred=True).query(walks, 1, offset=means.mean("hall"))
+    assert [means.add("hall", walk, "enc@1") for walk in walks][-1] is True  # usable from the tenth walk
+    centred = GalleryIndex(snapshot, centred=True).query(walks, 1, offset=means.mean("hall", "enc@1"))
     assert [row[0].name for row in centred] == list(snapshot.names)
     assert sum(a == b for a, b in zip(raw, snapshot.names)) <= 5
 
 
 def test_a_camera_mean_is_withheld_until_enough_walks():
     means = CameraMeans(min_walks=3)
-    assert not means.add("door", np.ones(4, np.float32)) and means.mean("door") is None
-    means.add("door", np.zeros(4, np.float32))
-    assert means.add("door", np.full(4, 2.0, np.float32))
-    assert np.allclose(means.mean("door"), 1.0) and means.mean("yard") is None
+    assert not means.add("door", np.ones(4, np.float32), "enc@1") and means.mean("door", "enc@1") is None
+    means.add("door", np.zeros(4, np.float32), "enc@1")
+    assert means.add("door", np.full(4, 2.0, np.float32), "enc@1")
+    assert np.allclose(means.mean("door", "enc@1"), 1.0) and means.mean("yard", "enc@1") is None
+    assert means.mean("door", "enc@2") is None  # another encoder's walks lie elsewhere
+
+
+def test_camera_means_survive_a_restart_but_not_a_new_encoder(tmp_path: Path):
+    state = tmp_path / "cameras.npz"
+    means = CameraMeans(min_walks=2, path=state)
+    for value in (1.0, 3.0):
+        means.add("door", np.full(4, value, np.float32), "enc@1")
+    means.add("yard", np.ones(4, np.float32), "enc@1")
+    restarted = CameraMeans(min_walks=2, path=state)
+    assert np.allclose(restarted.mean("door", "enc@1"), 2.0) and restarted.counts == {"door": 2, "yard": 1}
+    restarted.add("door", np.zeros(8, np.float32), "enc@2")  # new weights: the old statistics mean nothing
+    assert restarted.counts == {"door": 1} and CameraMeans(2, path=state).encoder == "enc@2"
+
+
+def test_unreadable_camera_statistics_are_relearnt(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    state = tmp_path / "cameras.npz"
+    state.write_bytes(b"not an npz")
+    means = CameraMeans(min_walks=1, path=state)
+    assert means.counts == {} and "unreadable" in caplog.text
+    means.add("door", np.ones(4, np.float32), "enc@1")
+    assert CameraMeans(min_walks=1, path=state).counts == {"door": 1}
 
 
 def test_names_must_not_be_blank_and_vectors_must_be_finite(gallery: GalleryStore):

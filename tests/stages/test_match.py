@@ -131,6 +131,22 @@ def test_a_camera_is_matched_centred_once_it_has_seen_enough_walks(gallery: Path
     assert centred[1] == raw[1]  # walks before the camera was known are matched as usual
 
 
+def test_a_restarted_stage_centres_at_once_from_its_state_file(gallery: Path, tmp_path: Path):
+    """The hall's statistics kept in a state file: after a restart alice's first walk there is already hers."""
+    offset = 6.0 * person(9)
+    seen = [(1, noisy(person(1), 30, 0.1) + offset), (2, noisy(person(2), 31, 0.1) + offset)]
+    ends = [dataclasses.replace(window_records([(t, v)], stream="hall-cam", start=10 + t)[0], embeddings=None,
+                                tracks=Tracks(), ended_track_ids=np.asarray([t])) for t, v in seen]
+    centring = {"enabled": True, "min_walks": 2, "min_identities": 2, "accept_distance": 0.4,
+                "state_file": tmp_path / "cameras.npz"}
+    config = MatchConfig(gallery=gallery, centring=centring)
+    run_stage(MatchStage, [*window_records(seen, stream="hall-cam"), *ends], config)
+    later = window_records([(3, noisy(person(1), 32, 0.1) + offset)], stream="hall-cam")
+    assert labels(run_stage(MatchStage, later, config).outputs)[3] == ["alice"]
+    fresh = MatchConfig(gallery=gallery, centring={**centring, "state_file": None})
+    assert labels(run_stage(MatchStage, later, fresh).outputs)[3] != ["alice"]
+
+
 def test_centring_needs_its_own_threshold():
     with pytest.raises(ValueError, match="centring.accept_distance"):
         MatchConfig(centring={"enabled": True})
