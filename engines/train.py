@@ -129,6 +129,10 @@ class LossSection(_Section):
     reprojection: float = Field(0.5, ge=0, description="image-plane (x, y) of the joints")
     mirror_invariant_3d: bool = Field(True, description="compare each frame with the nearer of the body and its "
                                       "mirror image, which the silhouette cannot tell apart (`mesh_losses`)")
+    mirror_rule_3d: Literal["nearer", "canonical"] = Field(
+        "nearer", description="with mirror_invariant_3d, which of the two each frame is compared with: the nearer "
+        "to the head's guess (`mesh_losses`), or the one with its left leg on the image's right, a function of the "
+        "silhouette alone (`Targets3D.canonical`)")
 
     def weights_3d(self) -> dict[str, float]:
         """The 3D loss weights by the names `mesh_losses` returns."""
@@ -422,6 +426,8 @@ class Trainer:
             labels = np.concatenate([labels, self.synthetic_labels[synthetic_indices]])
             if wants_3d:
                 mirror = self.synthetic.mirror if self.config.loss.mirror_invariant_3d else None
+                if mirror is not None and self.config.loss.mirror_rule_3d == "canonical":
+                    targets, mirror = [truth.canonical(mirror) for truth in targets], None
                 points, vertices, mirrored = target_tensors(targets, mirror, self.device)
         silhouettes = torch.from_numpy(np.stack(sequences)).to(self.device).float().div_(255.0)
         return Batch(silhouettes=silhouettes, labels=torch.from_numpy(labels).to(self.device),

@@ -5,6 +5,7 @@ a three-hour run: the silhouette features stay those of WEIGHTS, so only what th
 
     python tools/probe_3d.py --weights W.pt --synthetic runs/synthetic --loss mirror --lr 1.0 --json out.json
     python tools/probe_3d.py --weights W.pt --synthetic runs/synthetic --loss plain --lr 1.0 --json plain.json
+    python tools/probe_3d.py --weights W.pt --synthetic runs/synthetic --loss canonical --json canonical.json
 
 Batches: 8 training-identity sequences of 25 frames from the training views, no augmentation, SGD (momentum 0.9)
 at a constant --lr, the 3D loss weights of `engines.train.LossSection`. Scored on --sequences random held-out
@@ -73,6 +74,8 @@ def probe(args: argparse.Namespace) -> dict[str, object]:
         model.eval()
         head.train()  # the head's BatchNorm learns; the frozen network keeps its statistics
         output = model(torch.from_numpy(np.stack(frames)).float().div_(255.0), with_3d=True)
+        if args.loss == "canonical":
+            targets = [truth.canonical(train.mirror) for truth in targets]
         points, vertices, mirrored = target_tensors(targets, train.mirror if args.loss == "mirror" else None)
         losses = mesh_losses(output, points, vertices, mirrored=mirrored)
         loss = sum(weight_of[name] * value for name, value in losses.items())
@@ -91,8 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", type=Path, required=True, help="Mesh-Gait .pt weights")
     parser.add_argument("--synthetic", type=Path, required=True, metavar="ROOT", help="tools/make_synthetic.py output")
-    parser.add_argument("--loss", choices=("plain", "mirror"), default="mirror",
-                        help="mirror: each frame against the nearer of the body and its mirror image")
+    parser.add_argument("--loss", choices=("plain", "mirror", "canonical"), default="mirror",
+                        help="mirror: each frame against the nearer of the body and its mirror image; canonical: "
+                        "against the one whose left leg is on the image's right (`Targets3D.canonical`)")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--lr", type=float, default=1.0, help="constant SGD learning rate of the head")
     parser.add_argument("--sequences", type=int, default=40, help="held-out sequences scored before and after")

@@ -45,7 +45,7 @@ import numpy as np
 from numpy.typing import NDArray
 from tqdm import tqdm
 
-from engines.body.open_model import build_open_body_model, mirror_joint_ids
+from engines.body.open_model import JOINT_NAMES, build_open_body_model, mirror_joint_ids
 from engines.body.render import (
     CASIA_B_VIEWS_DEG,
     Camera,
@@ -59,6 +59,7 @@ from engines.body.smpl import BodyModel, fit_marker_interpolation, mirror_vertex
 from engines.body.walking import GaitStyle, dress_for_condition, global_rotations, sample_identity, walking_sequence
 from engines.data.sequences import PackedNpzDataset, SequenceKey
 from engines.errors import DatasetError, EngineError
+from engines.files import atomic_savez
 from engines.pretreat import SIL_HEIGHT, SIL_PADDED_WIDTH, SIL_WIDTH, PaddedSilhouette, pretreat_padded
 
 log = logging.getLogger(__name__)
@@ -264,14 +265,6 @@ def half_vertical_extent_m(vertices_cam: NDArray[np.floating]) -> NDArray[np.flo
     return ((y.max(axis=-1) - y.min(axis=-1)) / 2).astype(np.float32)
 
 
-def _atomic_savez(path: Path, arrays: dict[str, NDArray[Any]], compress: bool) -> None:
-    """Write an npz next to `path` and rename it into place, so a file that exists is always complete."""
-    temporary = path.with_name(path.name + ".tmp")
-    with temporary.open("wb") as handle:
-        (np.savez_compressed if compress else np.savez)(handle, **arrays)
-    os.replace(temporary, path)
-
-
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
     temporary = path.with_name(path.name + ".tmp")
     temporary.write_bytes(data)
@@ -307,8 +300,8 @@ def _generate_subject(model: BodyModel, spec: SyntheticSpec, subject: str, marke
                         f"{key}/points_2d": image_to_silhouette(uv, crop),
                         f"{key}/camera_R": camera.R.astype(np.float32), f"{key}/camera_t": camera.t.astype(np.float32),
                         f"{key}/camera_K": camera.K.astype(np.float32), f"{key}/crop": crop.astype(np.float32)}
-    _atomic_savez(spec.out / TARGETS_DIR / f"{subject}.npz", targets, compress=False)
-    _atomic_savez(spec.out / SILS_DIR / f"{subject}.npz", sils, compress=True)
+    atomic_savez(spec.out / TARGETS_DIR / f"{subject}.npz", targets, compress=False)
+    atomic_savez(spec.out / SILS_DIR / f"{subject}.npz", sils, compress=True)
 
 
 def _body_model_bytes(spec: SyntheticSpec) -> bytes:
@@ -400,6 +393,14 @@ def read_meta(root: Path) -> dict[str, Any]:
     return meta
 
 
+_JOINT = {name: index for index, name in enumerate(JOINT_NAMES)}
+#: The leg joints (hip, knee, ankle, foot) of each side, by which `Targets3D.canonical` labels left and right.
+_LEFT_LEG = [_JOINT[f"left_{name}"] for name in ("hip", "knee", "ankle", "foot")]
+_RIGHT_LEG = [_JOINT[f"right_{name}"] for name in ("hip", "knee", "ankle", "foot")]
+#: |z| of the body's unit forward vector above which `Targets3D.canonical` goes by facing (about 17 deg off side-on).
+_FACING_DECISIVE = 0.3
+
+
 @dataclass(frozen=True)
 class Targets3D:
     """3D targets of some frames of one sequence in the normalised frame (see the module docstring)."""
@@ -416,6 +417,28 @@ class Targets3D:
         joints[..., 2] *= -1
         points = np.concatenate([joints, vertices[:, mirror.marker_vertex_ids]], axis=1)
         return Targets3D(points=points, vertices=vertices, half_extent_m=self.half_extent_m)
+
+    def canonical(self, mirror: MirrorMap) -> Targets3D:
+        """Per frame the one of the body and its mirror image that a rule on the silhouette alone would pick.
+
+        The two cast the same silhouette; the mirror faces the other way in depth (toward the camera instead of
+        away) and has its legs' labels swapped. Where the body faces the camera or turns away from it (|forward_z|
+        above `_FACING_DECISIVE`), the one facing the camera is kept: its whole depth layout then follows from the
+        silhouette. Side-on, where facing is undecided, the one with its left leg on the image's right is kept,
+        which fixes the legs' labels and, seen from the side, their depth too. The nearer-of-the-two rule
+        (`mesh_losses(mirrored=...)`) instead chooses by the head's own guess, a coin toss per frame from a static
+        start, which pulls both to their average.
+        """
+        points = self.points
+        hips = points[:, _JOINT["left_hip"]] - points[:, _JOINT["right_hip"]]
+        forward = np.cross(hips, points[:, _JOINT["neck"]] - points[:, _JOINT["pelvis"]])
+        facing = forward[:, 2] / np.maximum(np.linalg.norm(forward, axis=-1), 1e-9)
+        legs = points[:, _LEFT_LEG, 0].mean(1) - points[:, _RIGHT_LEG, 0].mean(1)
+        keep = np.where(np.abs(facing) > _FACING_DECISIVE, facing < 0, legs >= 0)
+        other = self.mirrored(mirror)
+        return Targets3D(points=np.where(keep[:, None, None], points, other.points),
+                         vertices=np.where(keep[:, None, None], self.vertices, other.vertices),
+                         half_extent_m=self.half_extent_m)
 
     def flipped(self, mirror: MirrorMap) -> Targets3D:
         """The targets of the horizontally flipped silhouettes (`pretreat.mirror_silhouettes`, x -> -x in the

@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
+from engines.body.open_model import JOINT_NAMES
 from engines.data.sequences import PackedNpzDataset, SequenceKey
 from engines.data.synthetic import (
     CONDITIONS,
@@ -156,6 +157,20 @@ def test_mirror_body_fits_the_same_silhouette(dataset: SyntheticGaitDataset) -> 
     metric, twin_metric = (to_metric_root_relative(t.points, t.half_extent_m) for t in (targets, twin))
     np.testing.assert_allclose(np.linalg.norm(twin_metric[:, knee] - twin_metric[:, hip], axis=-1),
                                np.linalg.norm(metric[:, joints[knee]] - metric[:, joints[hip]], axis=-1), rtol=1e-5)
+
+
+def test_canonical_targets_are_one_per_silhouette(dataset: SyntheticGaitDataset) -> None:
+    """A body and its mirror cast one silhouette and get one canonical target: the left leg on the image's right."""
+    key_index = dataset.keys.index(SequenceKey("003", "nm-02", "090"))
+    targets = dataset.targets_at(key_index, np.arange(FRAMES))
+    canonical, from_twin = targets.canonical(dataset.mirror), targets.mirrored(dataset.mirror).canonical(dataset.mirror)
+    np.testing.assert_array_equal(canonical.points[:, :24], from_twin.points[:, :24])
+    np.testing.assert_array_equal(canonical.vertices, from_twin.vertices)
+    left, right = (canonical.points[:, [JOINT_NAMES.index(f"{side}_{j}") for j in ("hip", "knee", "ankle", "foot")], 0]
+                   for side in ("left", "right"))
+    assert (left.mean(1) >= right.mean(1)).all()
+    kept = (canonical.points == targets.points).all(axis=(1, 2))
+    assert 0 < kept.sum() < FRAMES  # a walk swaps which leg is on which side: both labellings occur
 
 
 def test_meta_records_split_views_and_markers(dataset: SyntheticGaitDataset) -> None:
