@@ -145,8 +145,11 @@ class CameraMeans:
         self.encoder: str | None = None
         self.sums: dict[str, NDArray[np.float64]] = {}
         self.counts: dict[str, int] = {}
-        if path is not None and path.exists():
-            self._load(path)
+        self.save_failed = False
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)  # a wrong folder fails at start, not at the first walk
+            if path.exists():
+                self._load(path)
 
     def _load(self, path: Path) -> None:
         try:
@@ -168,9 +171,17 @@ class CameraMeans:
             return
         cameras = sorted(self.sums)
         dim = len(next(iter(self.sums.values()))) if cameras else 0
-        atomic_savez(self.path, {"encoder": np.asarray(self.encoder), "cameras": np.asarray(cameras, dtype=str),
-                                 "sums": np.asarray([self.sums[c] for c in cameras]).reshape(len(cameras), dim),
-                                 "counts": np.asarray([self.counts[c] for c in cameras], np.int64)})
+        try:
+            atomic_savez(self.path, {"encoder": np.asarray(self.encoder), "cameras": np.asarray(cameras, dtype=str),
+                                     "sums": np.asarray([self.sums[c] for c in cameras]).reshape(len(cameras), dim),
+                                     "counts": np.asarray([self.counts[c] for c in cameras], np.int64)})
+        except OSError as exc:  # matching goes on; only a restart would relearn
+            if not self.save_failed:
+                log.warning("cannot keep camera statistics in %s (%s): they will be relearnt after a restart",
+                            self.path, exc)
+            self.save_failed = True
+        else:
+            self.save_failed = False
 
     def add(self, camera: str, walk: NDArray[np.float32], encoder: str) -> bool:
         """Count one finished walk (`TrackEvidence.embedding()`) of `encoder`; True when the camera has just become

@@ -176,6 +176,15 @@ def test_camera_means_survive_a_restart_but_not_a_new_encoder(tmp_path: Path):
     assert restarted.counts == {"door": 1} and CameraMeans(2, path=state).encoder == "enc@2"
 
 
+def test_camera_statistics_that_cannot_be_written_do_not_stop_matching(tmp_path: Path,
+                                                                         caplog: pytest.LogCaptureFixture):
+    state = tmp_path / "new" / "cameras.npz"
+    means = CameraMeans(min_walks=1, path=state)  # its folder is made at start
+    state.mkdir()  # now nothing can be written there
+    assert means.add("door", np.ones(4, np.float32), "enc@1") and means.mean("door", "enc@1") is not None
+    assert "cannot keep camera statistics" in caplog.text
+
+
 def test_unreadable_camera_statistics_are_relearnt(tmp_path: Path, caplog: pytest.LogCaptureFixture):
     state = tmp_path / "cameras.npz"
     state.write_bytes(b"not an npz")
