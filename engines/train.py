@@ -82,6 +82,8 @@ class Branch3DSection(_Section):
 
     depth_bins: int = Field(8, gt=1, description="depth cells of each point's heatmap volume")
     heatmap_channels: int = Field(32, gt=0, description="width of the heatmap encoder")
+    depth_context: bool = Field(False, description="each point's depth also reads the walk's mean head features "
+                                "(`engines.gait.meshgait.HeatmapHead3D`)")
 
 
 class SyntheticSection(_Section):

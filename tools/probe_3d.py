@@ -42,6 +42,12 @@ def probe(args: argparse.Namespace) -> dict[str, object]:
     model, info = load_gait_model(args.weights)
     if not isinstance(model, MeshGait):
         raise EngineError(f"{args.weights}: a {info['kind']} model has no 3D head to probe")
+    if args.depth_context and not model.config.depth_context:  # the same network, its head given the context term
+        trained = model.state_dict()
+        model = MeshGait(model.config.model_copy(update={"depth_context": True}))
+        missing = model.load_state_dict(trained, strict=False).missing_keys
+        assert missing == ["heatmap_head.context_fc"], missing
+        model.eval()
     meta = read_meta(args.synthetic)
     split = meta["split"]
     train_views = [view for view in CASIA_B_VIEWS if view in meta["views"] and view not in meta["held_out_views"]]
@@ -86,6 +92,7 @@ def probe(args: argparse.Namespace) -> dict[str, object]:
             print(f"step {step}/{args.steps} ({time.perf_counter() - started:.0f} s): "
                   + " ".join(f"{name} {float(value.detach()):.4f}" for name, value in losses.items()), flush=True)
     return {"weights": str(args.weights), "encoder": info["name"], "loss": args.loss, "lr": args.lr,
+            "depth_context": args.depth_context,
             "steps": args.steps, "seed": args.seed, "sequences_scored": len(scored), "before": before,
             "after": score()}
 
@@ -97,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loss", choices=("plain", "mirror", "canonical"), default="mirror",
                         help="mirror: each frame against the nearer of the body and its mirror image; canonical: "
                         "against the one whose left leg is on the image's right (`Targets3D.canonical`)")
+    parser.add_argument("--depth-context", action="store_true",
+                        help="give the head the walk's mean features for depth (`MeshGaitConfig.depth_context`)")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--lr", type=float, default=1.0, help="constant SGD learning rate of the head")
     parser.add_argument("--sequences", type=int, default=40, help="held-out sequences scored before and after")

@@ -64,6 +64,9 @@ class MeshGaitConfig(GaitBaseConfig):
     vertices: int = Field(gt=0, description="mesh vertices of the body model (the open model's, or SMPL's 6890)")
     depth_bins: int = Field(8, gt=1, description="depth resolution of each heatmap volume")
     heatmap_channels: int = Field(32, gt=0, description="width of the 3D head and heatmap encoder (the 3D features)")
+    depth_context: bool = Field(False, description="each point's depth also reads the walk's mean head features: "
+                                "the body's turn toward or away from the camera, one per walk, is not visible under a "
+                                "single joint")
 
     @property
     def points(self) -> int:
@@ -86,21 +89,28 @@ class Heatmaps3D:
 class HeatmapHead3D(nn.Module):
     """Mid-level frame features `[m, c, h, w]` -> factorised per-point 3D heatmaps (`Heatmaps3D`)."""
 
-    def __init__(self, in_channels: int, channels: int, points: int, depth_bins: int) -> None:
+    def __init__(self, in_channels: int, channels: int, points: int, depth_bins: int, context: bool = False) -> None:
         super().__init__()
         self.features = nn.Sequential(nn.Conv2d(in_channels, channels, 3, padding=1, bias=False),
                                       nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
         self.heatmap_logits = nn.Conv2d(channels, points, 1)
         self.depth_fc = nn.Parameter(nn.init.xavier_uniform_(torch.zeros(points, channels, depth_bins)))
         self.depth_bias = nn.Parameter(torch.zeros(points, depth_bins))
+        # Zero at the start: a head given context begins as the one without it (and can start from its weights).
+        self.context_fc = nn.Parameter(torch.zeros(points, channels, depth_bins)) if context else None
 
-    def forward(self, mid_features: torch.Tensor) -> Heatmaps3D:
+    def forward(self, mid_features: torch.Tensor, frames_per_walk: int = 1) -> Heatmaps3D:
+        """`frames_per_walk`: consecutive frames of one walk, whose mean features are the depth's context."""
         features = self.features(mid_features)
         logits = self.heatmap_logits(features).float()
         m, k, h, w = logits.shape
         maps_2d = logits.reshape(m, k, h * w).softmax(-1)
         pooled = torch.bmm(maps_2d, features.float().reshape(m, -1, h * w).transpose(1, 2))  # [m, k, c]
         depth_logits = torch.einsum("mkc,kcd->mkd", pooled, self.depth_fc.float()) + self.depth_bias.float()
+        if self.context_fc is not None:
+            walk = features.float().mean((2, 3)).reshape(-1, frames_per_walk, features.shape[1]).mean(1)
+            context = walk.repeat_interleave(frames_per_walk, dim=0)  # [m, c]
+            depth_logits = depth_logits + torch.einsum("mc,kcd->mkd", context, self.context_fc.float())
         return Heatmaps3D(maps_2d=maps_2d.reshape(m, k, h, w), depth=depth_logits.softmax(-1))
 
 
@@ -161,7 +171,7 @@ class MeshGait(nn.Module):
         self.silhouette_branch = GaitBase(GaitBaseConfig(**{k: v for k, v in config.model_dump().items()
                                                             if k in GaitBaseConfig.model_fields}))
         self.heatmap_head = HeatmapHead3D(config.channels[2], config.heatmap_channels, config.points,
-                                          config.depth_bins)
+                                          config.depth_bins, config.depth_context)
         self.heatmap_encoder = HeatmapEncoder(config.points, config.heatmap_channels)
         self.fusion = AttentionFusion(config.channels[-1], config.heatmap_channels)
         self.register_buffer("marker_interpolation", torch.full((config.vertices, config.markers), 1 / config.markers))
@@ -184,7 +194,7 @@ class MeshGait(nn.Module):
         frames = silhouettes.reshape(n * s, 1, h, w)
         mid = resnet.layer3(resnet.layer2(resnet.layer1(resnet.relu(resnet.bn1(resnet.conv1(frames))))))
         features_2d = resnet.layer4(mid)
-        heatmaps = self.heatmap_head(mid)
+        heatmaps = self.heatmap_head(mid, s)
         fused = self.fusion(features_2d, self.heatmap_encoder(heatmaps))
         c, fh, fw = fused.shape[1], fused.shape[2], fused.shape[3]
         output = self.silhouette_branch.head(fused.reshape(n, s, c, fh, fw).transpose(1, 2))

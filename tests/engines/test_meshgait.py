@@ -57,6 +57,23 @@ def test_inference_runs_only_the_embedding_path() -> None:
         assert model(silhouettes[:, :3]).embeddings.shape == (3, 16, 8)
 
 
+def test_depth_context_starts_as_the_head_without_it_and_reads_each_walk() -> None:
+    """Zero-initialised, the context term changes nothing; once learnt, every frame of a walk gets its walk's
+    context and another walk in the batch does not leak into it."""
+    torch.manual_seed(0)
+    plain = MeshGait(TINY).eval()
+    with_context = MeshGait(TINY.model_copy(update={"depth_context": True})).eval()
+    assert with_context.load_state_dict(plain.state_dict(), strict=False).missing_keys == ["heatmap_head.context_fc"]
+    walks = torch.rand(2, 5, 64, 44)
+    torch.testing.assert_close(with_context(walks, with_3d=True).joints_3d, plain(walks, with_3d=True).joints_3d)
+    with torch.no_grad():
+        with_context.heatmap_head.context_fc.normal_()
+    first = with_context(walks, with_3d=True).joints_3d[0]
+    other = torch.cat((walks[:1], torch.rand(1, 5, 64, 44)))
+    torch.testing.assert_close(with_context(other, with_3d=True).joints_3d[0], first)
+    assert not torch.allclose(first[..., 2], plain(walks, with_3d=True).joints_3d[0, ..., 2])
+
+
 def test_body_model_matrices_must_fit_the_config() -> None:
     model = MeshGait(TINY)
     with pytest.raises(ValueError, match="do not fit"):
