@@ -29,9 +29,13 @@ def normalise_parts(vectors: NDArray[np.float32], parts: int) -> NDArray[np.floa
     """(N, D) -> (N, D) with each of the `parts` slices L2-normalised and scaled by 1/sqrt(parts), so the dot
     product of two rows is the mean per-part cosine similarity."""
     n, dim = vectors.shape
-    split = vectors.reshape(n, parts, dim // parts).astype(np.float32)
-    norms = np.linalg.norm(split, axis=2, keepdims=True)
-    return (split / np.maximum(norms, 1e-12) / np.float32(np.sqrt(parts))).reshape(n, dim).astype(np.float32)
+    # One copy, normalised in place: a 10,000 x 10 gallery is 800 MB, and each temporary of that size costs seconds.
+    split = np.array(vectors, dtype=np.float32, copy=True).reshape(n, parts, dim // parts)
+    scale = np.sqrt(np.einsum("npd,npd->np", split, split))
+    np.maximum(scale, 1e-12, out=scale)
+    scale *= np.float32(np.sqrt(parts))
+    split /= scale[..., None]
+    return split.reshape(n, dim)
 
 
 @dataclass(frozen=True)
@@ -56,9 +60,11 @@ class GalleryIndex:
         self.names = snapshot.names
         self.parts = snapshot.parts
         self.encoder = snapshot.encoder
-        order = np.argsort(snapshot.owners, kind="stable")
-        self.owners = snapshot.owners[order]
-        vectors = snapshot.vectors[order]
+        owners = snapshot.owners
+        grouped = bool(np.all(owners[:-1] <= owners[1:]))  # as the stores give them: no 800 MB reordering copy
+        order = None if grouped else np.argsort(owners, kind="stable")
+        self.owners = owners if order is None else owners[order]
+        vectors = snapshot.vectors if order is None else snapshot.vectors[order]
         self.vectors = normalise_parts(vectors, snapshot.parts) if len(vectors) else vectors
         if centred and len(vectors):  # the gallery's own mean subtracted (`CameraMeans`: queries lose their camera's)
             self.vectors = normalise_parts(self.vectors - self.vectors.mean(0, keepdims=True), snapshot.parts)
@@ -70,8 +76,11 @@ class GalleryIndex:
             rng = np.random.default_rng(0)
             self.projection = (rng.standard_normal((self.vectors.shape[1], coarse_dim)) / np.sqrt(coarse_dim)
                                ).astype(np.float32)
-            centroids = np.add.reduceat(self.vectors, self.starts, axis=0) / self.counts[:, None]
-            self.coarse = np.ascontiguousarray(centroids @ self.projection, dtype=np.float32)
+            # Each identity's projected centroid, projecting first (linear, so the same): summing 128-D rows instead
+            # of 2048-D ones is what keeps a 100,000-embedding rebuild under a second.
+            projected = self.vectors @ self.projection
+            self.coarse = np.ascontiguousarray(np.add.reduceat(projected, self.starts, axis=0) / self.counts[:, None],
+                                               dtype=np.float32)
 
     def __len__(self) -> int:
         return len(self.names)

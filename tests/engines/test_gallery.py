@@ -138,6 +138,30 @@ def test_track_evidence_is_the_frame_weighted_mean_of_normalised_windows():
     assert (evidence.windows, evidence.frames, evidence.last_seen_s) == (3, 75, 1.0)
 
 
+def test_two_stage_search_finds_what_the_exact_search_finds_in_any_row_order():
+    """A gallery past `exact_max_embeddings` is searched through projected centroids first; it must still find
+    each person, and the stores' row order (grouped by identity or not) must not matter."""
+    rng = np.random.default_rng(5)
+    people = rng.normal(size=(300, DIM)).astype(np.float32)
+    owners = np.repeat(np.arange(300), 3)
+    enrolled = people[owners] + 0.3 * rng.normal(size=(900, DIM)).astype(np.float32)
+    names = tuple(f"p{i}" for i in range(300))
+    shuffle = rng.permutation(900)
+    queries = people[:50] + 0.3 * rng.normal(size=(50, DIM)).astype(np.float32)
+    exact = GalleryIndex(GallerySnapshot(names, enrolled, owners, "enc@1", PARTS))
+    assert exact.strategy == "exact"
+    best = [row[0] for row in exact.query(queries, 3)]
+    assert [m.name for m in best] == list(names[:50])
+    results = []
+    for order in (np.arange(900), shuffle):
+        index = GalleryIndex(GallerySnapshot(names, enrolled[order], owners[order], "enc@1", PARTS),
+                             exact_max_embeddings=100)
+        assert index.strategy == "two-stage"
+        results.append([[(m.name, round(m.distance, 5)) for m in row] for row in index.query(queries, 3)])
+        assert [row[0] for row in results[-1]] == [(m.name, round(m.distance, 5)) for m in best]
+    assert results[0] == results[1]
+
+
 def test_centring_removes_what_a_camera_adds_to_everyone():
     """Ten people enrolled in one place; a second camera adds one large offset to every walk it sees. Raw, every
     probe lands on whoever lies nearest the offset; centred by each side's own mean, everyone is found again."""
