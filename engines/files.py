@@ -16,3 +16,10 @@ def atomic_savez(path: Path, arrays: dict[str, NDArray[Any]], compress: bool = F
     with temporary.open("wb") as handle:
         (np.savez_compressed if compress else np.savez)(handle, **arrays)
     os.replace(temporary, path)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` next to `path` and rename it into place, as `atomic_savez` does."""
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_bytes(data)
+    os.replace(temporary, path)

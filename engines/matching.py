@@ -176,13 +176,12 @@ class CameraMeans:
                  ", ".join(f"{c} {n} walks" for c, n in self.counts.items()) or "no camera yet")
 
     def _save(self) -> None:
-        if self.path is None or self.encoder is None:
+        if self.path is None:
             return
-        cameras = sorted(self.sums)
-        dim = len(next(iter(self.sums.values()))) if cameras else 0
+        cameras = sorted(self.sums)  # called after a walk is added: never empty
         try:
             atomic_savez(self.path, {"encoder": np.asarray(self.encoder), "cameras": np.asarray(cameras, dtype=str),
-                                     "sums": np.asarray([self.sums[c] for c in cameras]).reshape(len(cameras), dim),
+                                     "sums": np.stack([self.sums[c] for c in cameras]),
                                      "counts": np.asarray([self.counts[c] for c in cameras], np.int64)})
         except OSError as exc:  # matching goes on; only a restart would relearn
             if not self.save_failed:

@@ -133,8 +133,8 @@ class LossSection(_Section):
                                       "mirror image, which the silhouette cannot tell apart (`mesh_losses`)")
     mirror_rule_3d: Literal["nearer", "canonical"] = Field(
         "nearer", description="with mirror_invariant_3d, which of the two each frame is compared with: the nearer "
-        "to the head's guess (`mesh_losses`), or the one with its left leg on the image's right, a function of the "
-        "silhouette alone (`Targets3D.canonical`)")
+        "to the head's guess (`mesh_losses`), or the one a rule on the silhouette alone picks (`Targets3D.canonical`: "
+        "facing the camera where the body is turned, otherwise the left leg on the image's right)")
 
     def weights_3d(self) -> dict[str, float]:
         """The 3D loss weights by the names `mesh_losses` returns."""
@@ -238,8 +238,13 @@ class TrainResult:
 
 
 def target_tensors(targets: list[Targets3D], mirror: MirrorMap | None, device: torch.device | str = "cpu",
+                   canonical: bool = False,
                    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
-    """Sequences' 3D targets as `mesh_losses` takes them: points, vertices and, with `mirror`, the mirror body's."""
+    """Sequences' 3D targets as `mesh_losses` takes them: points, vertices and, with `mirror`, the mirror body's,
+    or with `mirror` and `canonical` each frame's canonical one of the two (`Targets3D.canonical`) and no mirror."""
+    if mirror is not None and canonical:
+        targets, mirror = [truth.canonical(mirror) for truth in targets], None
+
     def stacked(bodies: list[Targets3D]) -> tuple[torch.Tensor, torch.Tensor]:
         return (torch.from_numpy(np.stack([t.points for t in bodies])).to(device),
                 torch.from_numpy(np.stack([t.vertices for t in bodies])).to(device))
@@ -428,9 +433,8 @@ class Trainer:
             labels = np.concatenate([labels, self.synthetic_labels[synthetic_indices]])
             if wants_3d:
                 mirror = self.synthetic.mirror if self.config.loss.mirror_invariant_3d else None
-                if mirror is not None and self.config.loss.mirror_rule_3d == "canonical":
-                    targets, mirror = [truth.canonical(mirror) for truth in targets], None
-                points, vertices, mirrored = target_tensors(targets, mirror, self.device)
+                points, vertices, mirrored = target_tensors(targets, mirror, self.device,
+                                                            canonical=self.config.loss.mirror_rule_3d == "canonical")
         silhouettes = torch.from_numpy(np.stack(sequences)).to(self.device).float().div_(255.0)
         return Batch(silhouettes=silhouettes, labels=torch.from_numpy(labels).to(self.device),
                      synthetic_from=len(indices), points=points, vertices=vertices, mirrored=mirrored)

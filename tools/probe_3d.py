@@ -80,9 +80,8 @@ def probe(args: argparse.Namespace) -> dict[str, object]:
         model.eval()
         head.train()  # the head's BatchNorm learns; the frozen network keeps its statistics
         output = model(torch.from_numpy(np.stack(frames)).float().div_(255.0), with_3d=True)
-        if args.loss == "canonical":
-            targets = [truth.canonical(train.mirror) for truth in targets]
-        points, vertices, mirrored = target_tensors(targets, train.mirror if args.loss == "mirror" else None)
+        points, vertices, mirrored = target_tensors(targets, None if args.loss == "plain" else train.mirror,
+                                                    canonical=args.loss == "canonical")
         losses = mesh_losses(output, points, vertices, mirrored=mirrored)
         loss = sum(weight_of[name] * value for name, value in losses.items())
         optimizer.zero_grad(set_to_none=True)
@@ -103,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--synthetic", type=Path, required=True, metavar="ROOT", help="tools/make_synthetic.py output")
     parser.add_argument("--loss", choices=("plain", "mirror", "canonical"), default="mirror",
                         help="mirror: each frame against the nearer of the body and its mirror image; canonical: "
-                        "against the one whose left leg is on the image's right (`Targets3D.canonical`)")
+                        "against the one a rule on the silhouette picks (`Targets3D.canonical`)")
     parser.add_argument("--depth-context", action="store_true",
                         help="give the head the walk's mean features for depth (`MeshGaitConfig.depth_context`)")
     parser.add_argument("--steps", type=int, default=300)

@@ -59,7 +59,7 @@ from engines.body.smpl import BodyModel, fit_marker_interpolation, mirror_vertex
 from engines.body.walking import GaitStyle, dress_for_condition, global_rotations, sample_identity, walking_sequence
 from engines.data.sequences import PackedNpzDataset, SequenceKey
 from engines.errors import DatasetError, EngineError
-from engines.files import atomic_savez
+from engines.files import atomic_savez, atomic_write_bytes
 from engines.pretreat import SIL_HEIGHT, SIL_PADDED_WIDTH, SIL_WIDTH, PaddedSilhouette, pretreat_padded
 
 log = logging.getLogger(__name__)
@@ -265,12 +265,6 @@ def half_vertical_extent_m(vertices_cam: NDArray[np.floating]) -> NDArray[np.flo
     return ((y.max(axis=-1) - y.min(axis=-1)) / 2).astype(np.float32)
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
-
-
 def _subject_complete(root: Path, subject: str) -> bool:
     return (root / SILS_DIR / f"{subject}.npz").is_file() and (root / TARGETS_DIR / f"{subject}.npz").is_file()
 
@@ -331,7 +325,7 @@ def _prepare_root(spec: SyntheticSpec) -> tuple[BodyModel, dict[str, Any]]:
         folder.mkdir(parents=True, exist_ok=True)
     model_path = root / BODY_MODEL_FILE
     if not model_path.is_file() or model_path.read_bytes() != body_bytes:
-        _atomic_write_bytes(model_path, body_bytes)
+        atomic_write_bytes(model_path, body_bytes)
     model = BodyModel.load(model_path)
 
     subjects = subject_ids(spec.subjects)
@@ -356,8 +350,8 @@ def _prepare_root(spec: SyntheticSpec) -> tuple[BodyModel, dict[str, Any]]:
               for subject in train for index in range(len(CONDITIONS))]
     buffer = io.BytesIO()
     np.save(buffer, fit_marker_interpolation(np.concatenate(meshes), marker_ids))
-    _atomic_write_bytes(root / INTERPOLATION_FILE, buffer.getvalue())
-    _atomic_write_bytes(meta_path, (json.dumps(meta, indent=1) + "\n").encode())
+    atomic_write_bytes(root / INTERPOLATION_FILE, buffer.getvalue())
+    atomic_write_bytes(meta_path, (json.dumps(meta, indent=1) + "\n").encode())
     return model, meta
 
 

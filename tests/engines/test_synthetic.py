@@ -23,6 +23,7 @@ from engines.data.synthetic import (
 )
 from engines.errors import DatasetError
 from engines.pretreat import PaddedSilhouette, pretreat_padded
+from engines.train import target_tensors
 from tests.conftest import TINY_SYNTHETIC
 from tools import make_synthetic
 
@@ -171,6 +172,10 @@ def test_canonical_targets_are_one_per_silhouette(dataset: SyntheticGaitDataset)
     assert (left.mean(1) >= right.mean(1)).all()
     kept = (canonical.points == targets.points).all(axis=(1, 2))
     assert 0 < kept.sum() < FRAMES  # a walk swaps which leg is on which side: both labellings occur
+    points, vertices, mirrored = target_tensors([targets], dataset.mirror, canonical=True)  # as training takes them
+    assert mirrored is None
+    np.testing.assert_array_equal(points[0].numpy(), canonical.points)
+    np.testing.assert_array_equal(vertices[0].numpy(), canonical.vertices)
 
 
 def test_meta_records_split_views_and_markers(dataset: SyntheticGaitDataset) -> None:
