@@ -10,12 +10,19 @@ enrolment) commits to it; a PostgreSQL gallery is followed by `engines.gallery_p
 background thread hands over a new copy after each commit on any host (the stage only picks it up on a tick, never
 waiting on the network). With `auto_enroll`, a track that ends as `unknown` is added to the gallery as an
 anonymous identity, so the same stranger is recognised later and on other cameras.
+
+A changed gallery is read and indexed on one background thread while matching goes on with the previous index
+(`_IndexBuilds`): at 10,000 identities x 10 that takes seconds (`tools/bench.py matcher`), which on the stage's own
+thread would stall every camera at each enrolment. Only the first load, at start, is waited for.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, ClassVar
 
@@ -108,6 +115,64 @@ class _TrackState:
     vectors: list[np.ndarray] = dataclasses.field(default_factory=list)
 
 
+@dataclasses.dataclass(frozen=True)
+class _BuiltIndex:
+    version: int
+    index: GalleryIndex
+    centred_index: GalleryIndex | None
+    anonymous: int
+    seconds: float
+
+
+class _IndexBuilds:
+    """Gallery copies read and indexed on one background thread, one build at a time.
+
+    A SQLite connection may only be used by the thread that opened it, so the builder reads through a connection of
+    its own, opened on its thread at its first read.
+    """
+
+    def __init__(self, gallery_path: Path | str) -> None:
+        self._gallery_path = gallery_path
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="match-index")
+        self._reader: Gallery | None = None
+        self._pending: Future[_BuiltIndex] | None = None
+        self.pending_version: int | None = None
+
+    def read_snapshot(self) -> GallerySnapshot:
+        """The gallery as it is now (on the builder thread)."""
+        if self._reader is None:
+            self._reader = open_gallery(self._gallery_path, create=False)
+        return self._reader.snapshot()
+
+    def submit(self, version: int, read: Callable[[], GallerySnapshot], centred: Callable[[int], bool]) -> None:
+        """Build the index of `version`: `read()` gives its snapshot; `centred(identities)` whether a centred
+        index is wanted too."""
+
+        def build() -> _BuiltIndex:
+            started = time.perf_counter()
+            snapshot = read()
+            index = GalleryIndex(snapshot)
+            centred_index = GalleryIndex(snapshot, centred=True) if centred(len(snapshot.names)) else None
+            return _BuiltIndex(version, index, centred_index, snapshot.anonymous, time.perf_counter() - started)
+
+        self.pending_version = version
+        self._pending = self._pool.submit(build)
+
+    def take(self, wait: bool = False) -> _BuiltIndex | None:
+        """The finished build, once (None while it runs, unless `wait`); a failed build raises here."""
+        if self._pending is None or not (wait or self._pending.done()):
+            return None
+        future, self._pending, self.pending_version = self._pending, None, None
+        return future.result()
+
+    def close(self) -> None:
+        if self._pending is not None:
+            self._pending.cancel()
+        if self._reader is not None:  # closed on its own thread
+            self._pool.submit(self._reader.close).result()
+        self._pool.shutdown(wait=True)
+
+
 class MatchStage(Stage):
     name = "match"
     Config: ClassVar[type[StageConfig]] = MatchConfig
@@ -122,6 +187,8 @@ class MatchStage(Stage):
         self.camera_means = CameraMeans(config.centring.min_walks,
                                         config.centring.state_file if config.centring.enabled else None)
         self.version = -1
+        self.builds = _IndexBuilds(self.gallery_path)
+        self.rebuild_wanted = False
         self.next_reload_s = 0.0
         self.tracks: dict[tuple[str, int], _TrackState] = {}
         self.anonymous_count = 0
@@ -135,16 +202,18 @@ class MatchStage(Stage):
             if not self.follower.wait_until_loaded(FIRST_LOAD_TIMEOUT_S):
                 log.warning("gallery %s not loaded after %.0f s: every track is unknown until it is",
                             self.store.path, FIRST_LOAD_TIMEOUT_S)
-        self._reload(force=True)
+        self._reload(force=True, wait=True)
 
     # --- gallery -------------------------------------------------------------------------------------------------
-    def _reload(self, force: bool = False) -> None:
+    def _reload(self, force: bool = False, wait: bool = False) -> None:
+        """Start indexing the gallery if it changed (`force`: even if not); `wait` for that index (at start)."""
         if self.follower is not None:
             # An unchanged copy is not rebuilt even when forced: an auto-enrolment joins the index (and the
             # anonymous count) when the follower has it, not before.
             latest = self.follower.latest()
-            if latest is not None and latest[0] != self.version:
-                self._use(*latest)
+            if latest is not None and latest[0] not in (self.version, self.builds.pending_version):
+                version, snapshot = latest
+                self._build(version, lambda: snapshot, wait)
             return
         if self.store is None:
             if not self.gallery_path.is_file() and not self.config.auto_enroll:  # type: ignore[attr-defined]
@@ -153,30 +222,50 @@ class MatchStage(Stage):
                                 self.gallery_path)
                 return
             self.store = open_gallery(self.gallery_path)
+        # A connection's data_version does not move with its own commits (an auto-enrolment), hence `force`; a
+        # change that came while a build ran is built after it.
+        force, self.rebuild_wanted = force or self.rebuild_wanted, False
         version = self.store.data_version()
         if version == self.version and not force:
             return
-        self._use(version, self.store.snapshot())
+        self._build(version, self.builds.read_snapshot, wait)
 
-    def _use(self, version: int, snapshot: GallerySnapshot) -> None:
-        self.version = version
-        self.index = GalleryIndex(snapshot)
+    def _build(self, version: int, read: Callable[[], GallerySnapshot], wait: bool) -> None:
+        if self.builds.pending_version is not None:
+            if not wait:
+                self.rebuild_wanted = True  # one build at a time; this one follows it
+                return
+            self._take_built(wait=True)
         centring = self.config.centring  # type: ignore[attr-defined]
-        self.centred_index = (GalleryIndex(snapshot, centred=True)
-                              if centring.enabled and len(snapshot.names) >= centring.min_identities else None)
-        self.anonymous_count = snapshot.anonymous
+        self.builds.submit(version, read, lambda identities: centring.enabled and
+                           identities >= centring.min_identities)
+        if wait:
+            self._take_built(wait=True)
+
+    def _take_built(self, wait: bool = False) -> None:
+        """Match with a finished build from now on."""
+        built = self.builds.take(wait)
+        if built is None:
+            return
+        self.version = built.version
+        self.index = built.index
+        self.centred_index = built.centred_index
+        self.anonymous_count = max(self.anonymous_count, built.anonymous)  # auto-enrolments not yet indexed count
         self.context.metrics.set("gallery_identities", len(self.index))
+        self.context.metrics.set("gallery_index_build_seconds", round(built.seconds, 3))
+        version = built.version
         shown = self.store.path if self.store is not None else self.gallery_path
         # One line per copy taken up, with its version: when a change reached this stage (another host's enrolment).
         if not len(self.index):
             log.warning("gallery %s version %d: 0 identities, every track is unknown until someone is enrolled "
                         "(tools/enroll.py)", shown, version)
         else:
-            log.info("gallery %s version %d: %d identities, %d embeddings, encoder %s", shown, version,
-                     len(self.index), len(self.index.vectors), self.index.encoder)
+            log.info("gallery %s version %d: %d identities, %d embeddings, encoder %s (indexed in %.2f s)", shown,
+                     version, len(self.index), len(self.index.vectors), self.index.encoder, built.seconds)
 
     def on_tick(self, now_s: float) -> None:
         config: MatchConfig = self.config  # type: ignore[assignment]
+        self._take_built()
         if self.follower is not None or now_s >= self.next_reload_s:  # a follower's copy costs nothing to check
             self.next_reload_s = now_s + config.reload_interval_s
             self._reload()
@@ -309,6 +398,8 @@ class MatchStage(Stage):
         return [dataclasses.replace(eos, identities=identities)]
 
     def close(self) -> None:
+        if getattr(self, "builds", None) is not None:
+            self.builds.close()
         if getattr(self, "follower", None) is not None:
             self.follower.close()
         if getattr(self, "store", None) is not None:

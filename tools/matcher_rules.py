@@ -30,6 +30,10 @@ each dataset of several scenes, each scene is decided with the threshold calibra
 (`other_scenes_threshold`: the false accepts and genuine accepts it gives there, as a site calibrated on its other
 cameras would get on a new one).
 
+A dump given as `A.npz+B.npz` (two encoders' dumps of the same walks, e.g. `tools/eval_wild.py` run twice with
+`--set stages.gait.encoder=...` on one detection cache) is their ensemble: the parts of both side by side, so every
+distance is the mean of the two encoders' distances (`load_ensemble`).
+
 Only what helps on every dataset is worth making a matcher rule: real footage, other probe sets and cameras decide.
 """
 
@@ -81,6 +85,20 @@ def load_walks(path: Path) -> WalkSet:
                        data["subjects"].astype(str), np.char.partition(conditions, "-")[:, 0],
                        np.isin(conditions, GALLERY_CONDITIONS), parts)
     raise ValueError(f"{path}: not an embedding dump of tools/eval_wild.py or tools/eval.py")
+
+
+def load_ensemble(spec: str) -> WalkSet:
+    """`A.npz+B.npz+...`: the dumps' part embeddings concatenated walk by walk (ValueError unless they hold the same
+    windows of the same walks, in the same order); a single path loads as `load_walks` does."""
+    sets = [load_walks(Path(path)) for path in spec.split("+")]
+    first = sets[0]
+    for other in sets[1:]:
+        if not (len(other.walks) == len(first.walks) and (other.walks == first.walks).all()
+                and (other.people == first.people).all() and (other.gallery == first.gallery).all()):
+            raise ValueError(f"{spec}: the dumps do not hold the same windows of the same walks")
+    parts = sum(walk_set.parts for walk_set in sets)
+    vectors = normalise_parts(np.concatenate([walk_set.vectors for walk_set in sets], 1), parts)
+    return WalkSet(vectors, first.walks, first.people, first.scenes, first.gallery, parts)
 
 
 def _centre(vectors: NDArray[np.float32], parts: int, prior: NDArray[np.float32] | None,
@@ -158,19 +176,19 @@ def _cell(value: object) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("dumps", type=Path, nargs="+", help="embedding dumps (see above)")
-    parser.add_argument("--casiab", type=Path, help="the encoder's CASIA-B dump: where each rule's threshold is "
+    parser.add_argument("dumps", nargs="+", help="embedding dumps (see above); A.npz+B.npz: two encoders' ensemble")
+    parser.add_argument("--casiab", help="the encoder's CASIA-B dump: where each rule's threshold is "
                         "calibrated, and the mean the `shrunk` rule draws toward")
-    parser.add_argument("--calibrate-on", type=Path, help="the dump each rule's threshold is calibrated on "
+    parser.add_argument("--calibrate-on", help="the dump each rule's threshold is calibrated on "
                         "(default: --casiab's), e.g. real footage's")
     parser.add_argument("--prior-walks", type=float, default=20.0, help="weight of the prior mean, in walks")
     parser.add_argument("--far", type=float, default=0.01, help="false-accept rate of the thresholds")
     parser.add_argument("--json", type=Path, help="write every number here")
     args = parser.parse_args(argv)
     try:
-        casiab = None if args.casiab is None else load_walks(args.casiab)
-        calibration = casiab if args.calibrate_on is None else load_walks(args.calibrate_on)
-        datasets = [(path, load_walks(path)) for path in args.dumps]
+        casiab = None if args.casiab is None else load_ensemble(args.casiab)
+        calibration = casiab if args.calibrate_on is None else load_ensemble(args.calibrate_on)
+        datasets = [(path, load_ensemble(path)) for path in args.dumps]
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

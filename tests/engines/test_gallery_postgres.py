@@ -125,7 +125,8 @@ def window(seq: int, track_id: int, vector: np.ndarray | None):
 
 @cluster
 def test_a_running_match_stage_names_someone_enrolled_after_it_started(open_store, gallery_url: str):
-    """No restart, no reload interval: the follower's copy is picked up on the stage's next tick."""
+    """No restart, no reload interval: the follower's copy is indexed from the stage's next tick on (in the
+    background) and used from the tick after that build."""
     from stages.match import MatchConfig, MatchStage
 
     alice = vectors(1, 1)[0]
@@ -133,9 +134,11 @@ def test_a_running_match_stage_names_someone_enrolled_after_it_started(open_stor
     def frames():
         yield window(0, 5, alice)  # nobody enrolled yet
         open_store().add("alice", alice[None], encoder=ENCODER, parts=PARTS)
-        time.sleep(2.0)  # the stage ticks after this frame, 2 s after the commit
+        time.sleep(2.0)  # the stage ticks after this frame, 2 s after the commit: it starts indexing the copy
         yield window(1, 5, None)
-        yield window(2, 6, alice)
+        time.sleep(0.5)  # indexed by the tick after this frame
+        yield window(2, 5, None)
+        yield window(3, 6, alice)
 
     run = run_stage(MatchStage, frames(), MatchConfig(gallery=gallery_url, reload_interval_s=3600))
     decided = [(m.identities.track_ids.tolist(), m.identities.names) for m in run.outputs

@@ -4,6 +4,8 @@ unknown for strangers, forgotten after a timeout, and strangers auto-enrolled.""
 from __future__ import annotations
 
 import dataclasses
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +13,8 @@ import pytest
 
 from engines.gallery import GalleryStore
 from pipeline.messages import Embeddings, EndOfStream, Tracks
-from pipeline.testing import make_record, run_stage
-from stages.match import MatchConfig, MatchStage
+from pipeline.testing import make_context, make_record, run_stage
+from stages.match import MatchConfig, MatchStage, _IndexBuilds
 
 PARTS, DIM, ENCODER = 4, 32, "enc@1"
 
@@ -150,3 +152,35 @@ def test_a_restarted_stage_centres_at_once_from_its_state_file(gallery: Path, tm
 def test_centring_needs_its_own_threshold():
     with pytest.raises(ValueError, match="centring.accept_distance"):
         MatchConfig(centring={"enabled": True})
+
+
+def test_a_changed_gallery_is_indexed_in_the_background_while_matching_goes_on(gallery: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch):
+    """At 10,000 identities a new index takes seconds; the stage must keep naming people with the old one
+    meanwhile, and take up the new one on a later tick."""
+    stage = MatchStage(MatchConfig(gallery=gallery, reload_interval_s=0.01), make_context("match"))
+    stage.open()  # the first load is waited for
+    try:
+        assert list(stage.index.names) == ["alice", "bob"]
+        release = threading.Event()
+        read = _IndexBuilds.read_snapshot
+        monkeypatch.setattr(_IndexBuilds, "read_snapshot", lambda builds: release.wait(10) and read(builds))
+        store = GalleryStore(gallery, create=False)  # another process enrols carol
+        store.add("carol", np.stack([noisy(person(3), 300 + i, 0.1) for i in range(3)]), encoder=ENCODER,
+                  parts=PARTS)
+        store.close()
+        stage.on_tick(1.0)  # sees the change, starts the build, returns at once
+        assert stage.builds.pending_version is not None
+        carol = window_records([(7, noisy(person(3), 400 + i, 0.1)) for i in range(2)])
+        alice = window_records([(8, noisy(person(1), 500, 0.1))], start=5)
+        before = labels([*stage.process(carol[0]), *stage.process(alice[0])])
+        assert before == {7: ["unknown"], 8: ["alice"]}  # the old index still answers
+        release.set()
+        deadline = time.monotonic() + 10
+        while stage.builds.pending_version is not None and time.monotonic() < deadline:
+            time.sleep(0.01)
+            stage.on_tick(2.0)
+        assert list(stage.index.names) == ["alice", "bob", "carol"]
+        assert labels(stage.process(carol[1])) == {7: ["carol"]}
+    finally:
+        stage.close()

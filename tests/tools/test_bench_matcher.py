@@ -29,6 +29,7 @@ def test_the_sqlite_default_times_queries_the_copys_load_and_the_reload_after_a_
     assert (result["backend"], result["identities"], result["dim"]) == ("sqlite", 30, 128)
     assert result["rank1_on_synthetic_queries"] == 1.0 and result["query_ms"]["samples"] == 5
     assert result["reload_after_change_ms"]["samples"] == 3 and result["copy_load_ms"] > 0
+    assert 0 < result["match_stage_longest_tick_during_change_ms"] <= result["match_stage_change_in_use_ms"]
 
 
 @pytest.mark.cluster

@@ -10,7 +10,7 @@ import pytest
 from engines.wild import WalkDump
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
-from matcher_rules import load_walks, main, score_rules, walk_distances  # noqa: E402
+from matcher_rules import load_ensemble, load_walks, main, score_rules, walk_distances  # noqa: E402
 
 PARTS = 2
 
@@ -57,6 +57,23 @@ def test_mean_gallery_rule_gives_one_prototype_per_identity(tmp_path: Path):
     distances, names, people, scenes = walk_distances(walks, "mean", "none")
     assert distances.shape == (5, 4) and list(names) == list("abcd")
     assert list(people) == [*"abcd", "stranger"] and set(scenes) == {"hall"}
+
+
+def test_ensemble_distance_is_the_mean_of_its_members(tmp_path: Path):
+    first = _scene_shifted_dump(tmp_path / "a.npz")
+    with np.load(first) as dump:  # a second "encoder": the same walks, other vectors
+        data = {key: dump[key] for key in dump.files}
+    data["vectors"] = np.random.default_rng(5).standard_normal(data["vectors"].shape).astype(np.float32)
+    np.savez(tmp_path / "b.npz", **data)
+    both = load_ensemble(f"{first}+{tmp_path / 'b.npz'}")
+    assert both.parts == 2 * PARTS
+    # one prototype per identity (rule "mean"): with "nearest" the ensemble picks its own closest window
+    members = [walk_distances(load_walks(path), "mean", "none")[0] for path in (first, tmp_path / "b.npz")]
+    assert walk_distances(both, "mean", "none")[0] == pytest.approx((members[0] + members[1]) / 2, abs=1e-5)
+    data["walk"] = data["walk"][::-1].copy()
+    np.savez(tmp_path / "c.npz", **data)
+    with pytest.raises(ValueError, match="same windows"):
+        load_ensemble(f"{first}+{tmp_path / 'c.npz'}")
 
 
 def test_casia_b_dump_maps_conditions_to_scenes(tmp_path: Path):
