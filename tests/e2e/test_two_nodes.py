@@ -26,6 +26,12 @@ PROPAGATION_S = 2.0
 SINK_HOP_S = 1.0
 #: Person A walks in frames 32-114 of the clip (30 fps), B from 110 on: in the first 4 s, enrolment finds one walker.
 PERSON_A_S = 4.0
+#: What is tested is propagation, not accuracy. On a slow 2-core machine node B keeps up with 6-7 of the camera's 15
+#: fps, so a walk by leaves 15-20 silhouettes: some walks then gave no final window (min_frames 15) for 30 s, and
+#: windows from the frames left put A at 0.35-0.37 against the encoder's 0.34. So B makes a window of 8 silhouettes
+#: and decides with a looser threshold (A is the only one ever enrolled).
+ACCEPT_DISTANCE = 0.5
+MIN_FRAMES = 8
 GALLERY_COPY = re.compile(r"gallery \S+ version (\d+): (\d+) identities")
 
 
@@ -74,7 +80,7 @@ def node_config(path: Path, host: str, gallery: str, nats_url: str, extra: str =
 extends: {REPO_ROOT / "configs" / "pipeline" / "default.yaml"}
 node: {{site: test, host: {host}, nats_url: {nats_url}}}
 stages:
-  match: {{gallery: "{gallery}"}}
+  match: {{gallery: "{gallery}", accept_distance: {ACCEPT_DISTANCE}}}
 {extra}""")
     return path
 
@@ -117,6 +123,7 @@ def test_node_b_follows_node_a_s_gallery_without_a_restart_and_rides_out_a_kille
     config_a = node_config(tmp_path / "node-a.yaml", "node-a", url, nats_server.url)
     config_b = node_config(tmp_path / "node-b.yaml", "node-b", url, nats_server.url, f"""\
   source: {{loop: true}}
+  gait: {{min_frames: {MIN_FRAMES}}}
   sink: {{write_video: false, out_dir: {tmp_path / "out-b"}}}
 streams:
   - {{uri: {outdoor_clip}, id: door}}
