@@ -36,7 +36,8 @@ class SequentialRun:
     wall_seconds: float = 0.0
 
 
-def _context(name: str, run_dir: Path, streams: tuple[str, ...]) -> StageContext:
+def stage_context(name: str, run_dir: Path = Path("."), streams: tuple[str, ...] = ()) -> StageContext:
+    """The context of a stage run in this process (no supervisor, first incarnation)."""
     return StageContext(process=name, incarnation=0, run_dir=run_dir, streams=streams,
                         metrics=ProcessMetrics(name, time.monotonic))
 
@@ -52,7 +53,7 @@ class StageChain:
                  run_dir: Path = Path(".")) -> None:
         streams = tuple(spec.id for spec in config.streams)
         self.graph = tuple(graph)
-        self.stages = [stage_classes[name](getattr(config.stages, name), _context(name, run_dir, streams))
+        self.stages = [stage_classes[name](getattr(config.stages, name), stage_context(name, run_dir, streams))
                        for name in self.graph]
         self.drivers = [StageDriver(stage, stage.context.metrics, last=i == len(self.stages) - 1)
                         for i, stage in enumerate(self.stages)]
@@ -143,7 +144,7 @@ def run_sequential(
     streams = tuple(spec.id for spec in config.streams)
     source_cls = stage_classes["source"]
     assert issubclass(source_cls, SourceStage)
-    source_stage = source_cls(config.stages.source, _context("source", run_dir, streams))
+    source_stage = source_cls(config.stages.source, stage_context("source", run_dir, streams))
     result = SequentialRun()
     timing: dict[str, float] = {"source": 0.0}
     started = time.perf_counter()

@@ -253,15 +253,14 @@ class MatchStage(Stage):
         self.anonymous_count = max(self.anonymous_count, built.anonymous)  # auto-enrolments not yet indexed count
         self.context.metrics.set("gallery_identities", len(self.index))
         self.context.metrics.set("gallery_index_build_seconds", round(built.seconds, 3))
-        version = built.version
         shown = self.store.path if self.store is not None else self.gallery_path
         # One line per copy taken up, with its version: when a change reached this stage (another host's enrolment).
         if not len(self.index):
             log.warning("gallery %s version %d: 0 identities, every track is unknown until someone is enrolled "
-                        "(tools/enroll.py)", shown, version)
+                        "(tools/enroll.py)", shown, built.version)
         else:
             log.info("gallery %s version %d: %d identities, %d embeddings, encoder %s (indexed in %.2f s)", shown,
-                     version, len(self.index), len(self.index.vectors), self.index.encoder, built.seconds)
+                     built.version, len(self.index), len(self.index.vectors), self.index.encoder, built.seconds)
 
     def on_tick(self, now_s: float) -> None:
         config: MatchConfig = self.config  # type: ignore[assignment]

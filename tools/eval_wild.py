@@ -49,7 +49,7 @@ from engines.wild import ManifestClip, ProbeAnswer, WalkDump, format_scores, rea
 from pipeline.config import parse_override  # noqa: E402
 from pipeline.errors import GaitstreamError  # noqa: E402
 from pipeline.messages import DataMessage, EndOfStream  # noqa: E402
-from pipeline.sequential import StageChain, read_stream  # noqa: E402
+from pipeline.sequential import StageChain, read_stream, stage_context  # noqa: E402
 from stages import load_pipeline_config, stage_registry  # noqa: E402
 from stages.detect_track import DetectTrackStage  # noqa: E402
 from stages.tracks import TrackCollector, assign_people  # noqa: E402
@@ -165,7 +165,7 @@ class WildRun:
         self.registry = {**registry, "detect_track": CachedDetectTrack}
         self.config = config
         self.chunk = chunk
-        self.source = registry["source"](config.stages.source, _plain_context("source"))
+        self.source = registry["source"](config.stages.source, stage_context("source"))
         self.stack = contextlib.ExitStack()
 
     def __enter__(self) -> WildRun:
@@ -203,13 +203,6 @@ class WildRun:
             for sink in sinks:
                 sink.push(messages)
         return collector
-
-
-def _plain_context(name: str) -> Any:
-    from pipeline.metrics import ProcessMetrics
-    from pipeline.stage import StageContext
-
-    return StageContext(process=name, incarnation=0, run_dir=Path("."), streams=(), metrics=ProcessMetrics(name))
 
 
 def load_config(args: argparse.Namespace, clips: list[ManifestClip], gallery: Path, identities: int) -> Any:

@@ -176,14 +176,11 @@ def sqlite_copy(path: Path, store: Gallery, args: argparse.Namespace, dim: int) 
 def match_stage_during_change(path: Path, store: Gallery, args: argparse.Namespace, dim: int) -> dict:
     """A match stage on `path` (its start waits for the first index), one more enrolment, then the stage ticking
     until it uses the new index: its longest tick is the stall matching sees."""
-    from pipeline.metrics import ProcessMetrics
-    from pipeline.stage import StageContext
+    from pipeline.sequential import stage_context
     from stages.match import MatchConfig, MatchStage
 
     with tempfile.TemporaryDirectory(prefix="gaitstream-bench-") as run_dir:
-        context = StageContext(process="match", incarnation=0, run_dir=Path(run_dir), streams=(),
-                               metrics=ProcessMetrics("match"))
-        stage = MatchStage(MatchConfig(gallery=path, reload_interval_s=0.001), context)
+        stage = MatchStage(MatchConfig(gallery=path, reload_interval_s=0.001), stage_context("match", Path(run_dir)))
         started = time.perf_counter()
         stage.open()
         open_ms = (time.perf_counter() - started) * 1e3
