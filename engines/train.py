@@ -12,7 +12,8 @@ checkpoints hold model, optimiser, scheduler, grad-scaler and torch RNG states, 
 resume, N/2 steps" produce the same losses.
 
 Outputs under the run folder: `checkpoints/step_XXXXXXX.pt`, `losses.jsonl` (one JSON object per step: step,
-losses, lr, seconds/step) and `weights.pt` (fp16 release weights) at the end.
+losses, lr, seconds/step) and `weights.pt` (fp16 release weights) at the end. `park_run` / `unpark_run` carry a
+run's newest checkpoint across fresh machines through a committed folder (`weights/parked/`).
 
 Must not import `pipeline` or `stages`.
 """
@@ -23,6 +24,7 @@ import json
 import logging
 import math
 import re
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,7 +146,8 @@ class LossSection(_Section):
 
 class RuntimeSection(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    cpu_bf16: bool = Field(False, description="bfloat16 autocast on CPU (CUDA always uses fp16 autocast)")
+    cpu_bf16: bool = Field(False, description="bfloat16 autocast on CPU where the CPU runs it natively, else "
+                                              "float32 (CUDA always uses fp16 autocast)")
     channels_last: bool = Field(False, description="NHWC memory format for the convolutions")
     threads: int = Field(2, gt=0, description="torch intra-op threads")
     seed: int = 0
@@ -217,6 +220,13 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def cpu_has_fast_bf16() -> bool:
+    """Whether oneDNN runs bfloat16 natively on this CPU (AVX-512 and up). Without it (AVX2 only) bfloat16 autocast
+    falls back to reference kernels: a compact GaitBase step took 90 s against 15.5 s in float32 on a 2-core EPYC."""
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(check()) if check is not None else True
+
+
 def lr_factor(step: int, optim: OptimSection) -> float:
     """Multiplier of the peak lr at `step` (0-based): linear warm-up, then cosine to 0 or multi-step decay."""
     if step < optim.warmup_steps:
@@ -270,10 +280,12 @@ def checkpoint_path(run_dir: Path, step: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"step_{step:07d}.pt"
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The checkpoint with the highest step in `run_dir/checkpoints`, or None when there is none."""
-    folder = Path(run_dir) / "checkpoints"
-    found = sorted(p for p in folder.glob("step_*.pt") if _CHECKPOINT_NAME.match(p.name)) if folder.is_dir() else []
+def latest_checkpoint(run_dir: Path, folder: str = "checkpoints") -> Path | None:
+    """The checkpoint with the highest step in `run_dir/<folder>`, or None when there is none."""
+    directory = Path(run_dir) / folder
+    if not directory.is_dir():
+        return None
+    found = sorted(p for p in directory.glob("step_*.pt") if _CHECKPOINT_NAME.match(p.name))
     return found[-1] if found else None
 
 
@@ -346,6 +358,10 @@ class Trainer:
             self.optimizer = torch.optim.AdamW(groups, lr=optim.lr, weight_decay=optim.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: lr_factor(step, optim))
         self.use_cuda_amp = self.device.type == "cuda"
+        self.use_cpu_bf16 = self.device.type == "cpu" and config.runtime.cpu_bf16 and cpu_has_fast_bf16()
+        if self.device.type == "cpu" and config.runtime.cpu_bf16 and not self.use_cpu_bf16:
+            log.warning("runtime.cpu_bf16 asked for, but this CPU has no native bfloat16 (oneDNN): training in "
+                        "float32, which is several times faster here than emulated bfloat16")
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_cuda_amp)
         self.step = 0
         log.info("training name=%s model=%s device=%s sequences=%d synthetic_sequences=%d identities=%d params=%d",
@@ -447,7 +463,7 @@ class Trainer:
         self.model.train()
         loss_cfg = self.config.loss
         amp_dtype = torch.float16 if self.use_cuda_amp else torch.bfloat16
-        amp_enabled = self.use_cuda_amp or (self.device.type == "cpu" and self.config.runtime.cpu_bf16)
+        amp_enabled = self.use_cuda_amp or self.use_cpu_bf16
         with torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp_enabled):
             if isinstance(self.model, MeshGait):
                 output = self.model(batch.silhouettes, with_3d=True, decode_3d_for=slice(batch.synthetic_from, None))
@@ -563,6 +579,49 @@ def train(config: TrainConfig, *, resume: bool = False, stop_step: int | None = 
             f"{config.run_dir}: already holds checkpoints; pass --resume to continue or choose another run_dir"
         )
     return trainer.run(stop_step, progress=progress)
+
+
+def park_run(config: TrainConfig, parked_root: Path) -> Path:
+    """Copy the run's newest checkpoint and its loss log to `parked_root/<run folder>/`, replacing an older parking.
+
+    Run folders live under the git-ignored `runs/`, which a fresh machine does not have; one parked checkpoint of a
+    compact network is small enough to commit, so a CPU run longer than a working session continues where it stopped
+    (`unpark_run`) instead of starting again.
+    """
+    source = latest_checkpoint(config.run_dir)
+    if source is None:
+        raise CheckpointError(f"{Path(config.run_dir) / 'checkpoints'}: no checkpoint to park")
+    load_checkpoint(source)  # a corrupt checkpoint must not replace a good parking
+    target = Path(parked_root) / Path(config.run_dir).name
+    target.mkdir(parents=True, exist_ok=True)
+    for old in target.glob("step_*.pt"):
+        if old.name != source.name:
+            old.unlink()
+    shutil.copyfile(source, target / source.name)
+    log_path = Path(config.run_dir) / "losses.jsonl"
+    if log_path.exists():
+        shutil.copyfile(log_path, target / "losses.jsonl")
+        _truncate_log(target / "losses.jsonl", int(source.stem.removeprefix("step_")))
+    return target / source.name
+
+
+def unpark_run(config: TrainConfig, parked_root: Path) -> Path | None:
+    """Put a parked checkpoint (and its loss log) into the run folder unless that holds one as new or newer.
+
+    Returns the checkpoint brought in, or None when there was nothing newer to bring.
+    """
+    parked = latest_checkpoint(Path(parked_root) / Path(config.run_dir).name, folder="")
+    current = latest_checkpoint(config.run_dir)
+    if parked is None or (current is not None and current.name >= parked.name):
+        return None
+    load_checkpoint(parked)
+    target = checkpoint_path(config.run_dir, int(parked.stem.removeprefix("step_")))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(parked, target)
+    if (parked.parent / "losses.jsonl").exists():
+        shutil.copyfile(parked.parent / "losses.jsonl", Path(config.run_dir) / "losses.jsonl")
+    log.info("unparked checkpoint=%s into %s", parked, target.parent)
+    return target
 
 
 def export_weights(config: TrainConfig, checkpoint: Path | None, out: Path) -> Path:

@@ -3,6 +3,8 @@
     python tools/train.py --config configs/train/gaitbase_compact_casiab.yaml            # start
     python tools/train.py --config configs/train/gaitbase_compact_casiab.yaml --resume   # continue from the newest
     python tools/train.py --config ... --export-weights weights/gaitbase_compact_casiab.pt
+    python tools/train.py --config ... --park weights/parked              # keep the newest checkpoint in git
+    python tools/train.py --config ... --resume --unpark weights/parked   # on a fresh machine: continue from it
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import sys
 from pathlib import Path
 
 from engines.errors import EngineError
-from engines.train import export_weights, load_train_config, train
+from engines.train import export_weights, load_train_config, park_run, train, unpark_run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,6 +30,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --export-weights: the checkpoint to export (default: the run's newest)")
     parser.add_argument("--threads", type=int, default=None,
                         help="override runtime.threads (e.g. while another run shares the CPU); resuming may change it")
+    parser.add_argument("--park", type=Path, default=None, metavar="DIR",
+                        help="do not train: copy the run's newest checkpoint and loss log to DIR/<run folder>/ "
+                             "(commit it; runs/ does not survive a fresh machine)")
+    parser.add_argument("--unpark", type=Path, default=None, metavar="DIR",
+                        help="with --resume: first take DIR/<run folder>/'s checkpoint when the run holds none newer")
     parser.add_argument("--print-config", action="store_true", help="print the validated config and exit")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     args = parser.parse_args(argv)
@@ -39,6 +46,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.print_config:
             print(config.model_dump_json(indent=2))
             return 0
+        if args.park is not None:
+            print(f"parked {park_run(config, args.park)}")
+            return 0
+        if args.unpark is not None:
+            if not args.resume:
+                parser.error("--unpark needs --resume")
+            unpark_run(config, args.unpark)
         if args.export_weights is not None:
             out = export_weights(config, args.checkpoint, args.export_weights)
             print(f"wrote {out}")

@@ -20,7 +20,9 @@ from engines.train import (
     latest_checkpoint,
     load_checkpoint,
     load_train_config,
+    park_run,
     train,
+    unpark_run,
 )
 
 
@@ -66,6 +68,41 @@ def test_two_steps_resume_two_steps_equals_four_steps(tmp_path: Path, dataset: P
     assert all(torch.equal(a[name], b[name]) for name in a)
     model, info = load_gait_model(latest_checkpoint(resumed.run_dir))
     assert info["name"].startswith("gaitbase-tiny-test@") and model.config.parts == 16
+
+
+def test_a_parked_run_continues_on_a_fresh_machine(tmp_path: Path, dataset: Path) -> None:
+    """Park after 2 steps, drop the run folder, unpark into a new one: the 4 steps equal an unbroken run's."""
+    straight = tiny_config(tmp_path / "straight", dataset)
+    train(straight, progress=False)
+    first = tiny_config(tmp_path / "first", dataset)
+    train(first, stop_step=2, progress=False)
+    parked = park_run(first, tmp_path / "parked")
+    assert parked == tmp_path / "parked" / "run" / "step_0000002.pt"
+    assert len(losses(parked.parent)) == 2
+
+    fresh = tiny_config(tmp_path / "fresh", dataset)
+    assert unpark_run(fresh, tmp_path / "parked") == fresh.run_dir / "checkpoints" / "step_0000002.pt"
+    train(fresh, resume=True, progress=False)
+    keys = ("step", "loss", "triplet", "ce", "lr")
+    assert [{k: r[k] for k in keys} for r in losses(fresh.run_dir)] == [
+        {k: r[k] for k in keys} for r in losses(straight.run_dir)]
+    assert unpark_run(fresh, tmp_path / "parked") is None  # the run is ahead of its parking: left alone
+    assert park_run(fresh, tmp_path / "parked").name == "step_0000004.pt"
+    assert sorted(p.name for p in (tmp_path / "parked" / "run").iterdir()) == ["losses.jsonl", "step_0000004.pt"]
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_cpu_bf16_only_where_the_cpu_runs_it_natively(tmp_path: Path, dataset: Path, native: bool,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tiny_config(tmp_path, dataset)
+    config = config.model_copy(update={"runtime": config.runtime.model_copy(update={"cpu_bf16": True})})
+    monkeypatch.setattr("engines.train.cpu_has_fast_bf16", lambda: native)
+    assert Trainer(config).use_cpu_bf16 is native
+
+
+def test_parking_a_run_without_checkpoints_is_a_clear_error(tmp_path: Path, dataset: Path) -> None:
+    with pytest.raises(CheckpointError, match="no checkpoint to park"):
+        park_run(tiny_config(tmp_path, dataset), tmp_path / "parked")
 
 
 def test_weights_written_at_the_end_of_training_load(tmp_path: Path, dataset: Path) -> None:
