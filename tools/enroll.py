@@ -5,10 +5,12 @@ them, and the chosen track's gait embeddings are stored under NAME.
     python tools/enroll.py --name alice --source walk.mp4                 # the only person in the video
     python tools/enroll.py --name bob --source two_people.mp4 --track-id 2
     python tools/enroll.py --name carol --source rtsp://cam/stream --max-seconds 20 --track-id 1
+    python tools/enroll.py --source group.mp4 --name dan --track-id 1 --name eve --track-id 4   # several in one pass
 
 The gallery is `--gallery PATH` (or a postgresql:// URL), else the config's `stages.match.gallery`, else
-$GAITSTREAM_GALLERY, else ./gallery.sqlite: the same gallery run_pipeline.py reads. Exit codes: 0 enrolled (or
-listed), 2 nothing enrolled.
+$GAITSTREAM_GALLERY, else ./gallery.sqlite: the same gallery run_pipeline.py reads. Several people are enrolled
+from one pass over the video with `--name`/`--track-id` pairs (a live walk is not repeated, and each pass over a file
+costs the detector's time again). Exit codes: 0 everyone enrolled (or listed), 1 some of them, 2 nobody.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ def enrolment_config(config_path: Path, source: str, *, rotate: str | None, over
     return config
 
 
-def check_gallery(config: Any, gallery_path: Path | str, name: str) -> None:
+def check_gallery(config: Any, gallery_path: Path | str, names: list[str]) -> None:
     """Everything that could refuse the enrolment, checked before the first frame (a live walk is not repeated)."""
     from engines.gait.encoder import open_encoder
 
@@ -59,9 +61,24 @@ def check_gallery(config: Any, gallery_path: Path | str, name: str) -> None:
     encoder = open_encoder(Path(gait.encoder), backend=gait.backend, device=gait.device, threads=gait.threads)
     gallery = open_gallery(gallery_path)
     try:
-        gallery.check_can_add(name, encoder.name)
+        for name in names:
+            gallery.check_can_add(name, encoder.name)
     finally:
         gallery.close()
+
+
+def enrolment_pairs(names: list[str], track_ids: list[int]) -> list[tuple[str, int | None]]:
+    """(name, track id) for each person to enrol; one name without --track-id means the video's only walker."""
+    if not track_ids and len(names) == 1:
+        return [(names[0], None)]
+    if len(track_ids) != len(names):
+        raise GaitstreamError(f"{len(names)} --name and {len(track_ids)} --track-id: give one track id per name "
+                              f"(in the same order) to enrol several people from one video")
+    for kind, values in (("name", names), ("track id", track_ids)):
+        repeated = sorted({str(v) for v in values if values.count(v) > 1})
+        if repeated:
+            raise GaitstreamError(f"{kind} given twice: {', '.join(repeated)}")
+    return list(zip(names, track_ids, strict=True))
 
 
 def collect_tracks(config: Any, *, max_seconds: float | None, progress: bool) -> TrackCollector:
@@ -74,8 +91,10 @@ def collect_tracks(config: Any, *, max_seconds: float | None, progress: bool) ->
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", required=True, help="video file, or rtsp:// / http(s):// URL, or webcam:N")
-    parser.add_argument("--name", help="identity to add the embeddings to (created if new)")
-    parser.add_argument("--track-id", type=int, help="which track to enrol when the video holds several people")
+    parser.add_argument("--name", action="append", default=[],
+                        help="identity to add the embeddings to (created if new); repeat with --track-id for several")
+    parser.add_argument("--track-id", type=int, action="append", default=[],
+                        help="which track to enrol when the video holds several people (one per --name, in order)")
     parser.add_argument("--list-tracks", action="store_true", help="print the tracks found and exit")
     parser.add_argument("--gallery", help="gallery file or postgresql:// URL (default: config, "
                         "$GAITSTREAM_GALLERY, ./gallery.sqlite)")
@@ -93,12 +112,14 @@ def main(argv: list[str] | None = None) -> int:
     live = "://" in args.source or args.source.startswith("webcam:")
     if live and args.max_seconds is None:
         parser.error("a live stream never ends by itself: give --max-seconds")
+    enrolled = 0
     try:
+        pairs = [] if args.list_tracks else enrolment_pairs(args.name, args.track_id)
         config = enrolment_config(args.config, args.source, rotate=args.rotate, overrides=args.overrides)
         gallery_path = resolve_gallery_path(args.gallery or config.stages.match.gallery)
         with contextlib.redirect_stdout(sys.stderr):  # libraries' chatter must not mix with the track listing
             if not args.list_tracks:
-                check_gallery(config, gallery_path, args.name)
+                check_gallery(config, gallery_path, [name for name, _ in pairs])
             collector = collect_tracks(config, max_seconds=args.max_seconds,
                                        progress=not args.quiet and sys.stderr.isatty())
         tracks = collector.in_order()
@@ -106,21 +127,27 @@ def main(argv: list[str] | None = None) -> int:
             for track in tracks:
                 print(f"{track.track_id} {track.first_frame} {track.last_frame} {track.silhouettes}")
             return 0
-        track = choose_track(tracks, args.track_id, args.source)
         gallery = open_gallery(gallery_path)
         shown = gallery.path  # a URL without its password
         try:
-            added = gallery.add(args.name, np.stack(track.embeddings), encoder=collector.encoder,
-                                parts=collector.parts, source=args.source, stream=config.streams[0].id,
-                                track_id=track.track_id, frames=track.silhouettes)
+            for name, track_id in pairs:
+                try:  # one person's missing track must not cost the others their (perhaps unrepeatable) walk
+                    track = choose_track(tracks, track_id, args.source)
+                except GaitstreamError as exc:
+                    print(f"error: {name} not enrolled: {exc}", file=sys.stderr)
+                    continue
+                added = gallery.add(name, np.stack(track.embeddings), encoder=collector.encoder,
+                                    parts=collector.parts, source=args.source, stream=config.streams[0].id,
+                                    track_id=track.track_id, frames=track.silhouettes)
+                enrolled += 1
+                print(f"enrolled {name}: {added} embeddings from track {track.track_id} (frames {track.first_frame}-"
+                      f"{track.last_frame}, {track.silhouettes} silhouettes) of {args.source} into {shown}")
         finally:
             gallery.close()
     except (GaitstreamError, EngineError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"enrolled {args.name}: {added} embeddings from track {track.track_id} (frames {track.first_frame}-"
-          f"{track.last_frame}, {track.silhouettes} silhouettes) of {args.source} into {shown}")
-    return 0
+        return 1 if enrolled else 2
+    return 0 if enrolled == len(pairs) else 1 if enrolled else 2
 
 
 if __name__ == "__main__":

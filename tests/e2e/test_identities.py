@@ -35,11 +35,10 @@ def enrolled(outdoor_clip: Path, tmp_path_factory: pytest.TempPathFactory) -> tu
     assert rows == sorted(rows, key=lambda row: row[1]), "tracks must be listed in order of first appearance"
     walkers = [row for row in rows if row[3] >= 20]  # at the default 15 fps, about 30 silhouettes per walk
     assert len(walkers) == 2, listed.stdout
-    for name, (track_id, *_) in zip("AB", walkers):
-        done = enroll("--source", str(outdoor_clip), "--name", name, "--track-id", str(track_id),
-                      "--gallery", str(path))
-        assert done.returncode == 0, done.stderr[-3000:]
-        assert f"enrolled {name}:" in done.stdout
+    pairs = [arg for name, (track, *_) in zip("AB", walkers) for arg in ("--name", name, "--track-id", str(track))]
+    done = enroll("--source", str(outdoor_clip), *pairs, "--gallery", str(path))  # both from one pass
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [line.split(":")[0] for line in done.stdout.splitlines()] == ["enrolled A", "enrolled B"], done.stdout
     return path, {track_id: name for name, (track_id, *_) in zip("AB", walkers)}
 
 

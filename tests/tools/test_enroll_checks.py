@@ -50,3 +50,17 @@ def test_refusals_come_before_the_source_is_opened(case: str, expected: str, tmp
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and expected in errors[0], done.stderr[-2000:]
     assert "rtsp" not in errors[0]
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--name", "a", "--name", "b"], "2 --name and 0 --track-id"),
+    (["--name", "a", "--track-id", "1", "--name", "b"], "2 --name and 1 --track-id"),
+    (["--name", "a", "--track-id", "1", "--name", "a", "--track-id", "2"], "name given twice: a"),
+    (["--name", "a", "--track-id", "3", "--name", "b", "--track-id", "3"], "track id given twice: 3"),
+])
+def test_several_people_need_one_distinct_track_each(args: list[str], expected: str, tmp_path: Path):
+    done = enroll(*args, "--gallery", str(tmp_path / "gallery.sqlite"))
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and expected in errors[0], done.stderr[-2000:]
+    assert not (tmp_path / "gallery.sqlite").exists()
