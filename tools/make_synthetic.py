@@ -32,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="cameras look down by up to this angle, drawn per sequence (default: level)")
     parser.add_argument("--distance-scale", type=float, nargs=2, default=defaults.distance_scale,
                         metavar=("LOW", "HIGH"), help="camera distance factor drawn per sequence (smaller walkers)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="rendering processes (default: one per core; the files do not depend on it)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
@@ -39,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = SyntheticSpec(out=args.out, subjects=args.subjects, frames=args.frames, seed=args.seed,
                              body_model=args.body_model, elevation_max_deg=args.elevation_max,
                              distance_scale=tuple(args.distance_scale))
-        summary = generate_synthetic(spec, progress=not args.no_progress)
+        summary = generate_synthetic(spec, progress=not args.no_progress, workers=args.workers)
     except EngineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
