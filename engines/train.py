@@ -358,8 +358,9 @@ class Trainer:
             self.optimizer = torch.optim.AdamW(groups, lr=optim.lr, weight_decay=optim.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: lr_factor(step, optim))
         self.use_cuda_amp = self.device.type == "cuda"
-        self.use_cpu_bf16 = self.device.type == "cpu" and config.runtime.cpu_bf16 and cpu_has_fast_bf16()
-        if self.device.type == "cpu" and config.runtime.cpu_bf16 and not self.use_cpu_bf16:
+        wants_cpu_bf16 = self.device.type == "cpu" and config.runtime.cpu_bf16
+        self.use_cpu_bf16 = wants_cpu_bf16 and cpu_has_fast_bf16()
+        if wants_cpu_bf16 and not self.use_cpu_bf16:
             log.warning("runtime.cpu_bf16 asked for, but this CPU has no native bfloat16 (oneDNN): training in "
                         "float32, which is several times faster here than emulated bfloat16")
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_cuda_amp)
@@ -591,7 +592,7 @@ def park_run(config: TrainConfig, parked_root: Path) -> Path:
     source = latest_checkpoint(config.run_dir)
     if source is None:
         raise CheckpointError(f"{Path(config.run_dir) / 'checkpoints'}: no checkpoint to park")
-    load_checkpoint(source)  # a corrupt checkpoint must not replace a good parking
+    step = int(load_checkpoint(source)["step"])  # and a corrupt checkpoint must not replace a good parking
     target = Path(parked_root) / Path(config.run_dir).name
     target.mkdir(parents=True, exist_ok=True)
     for old in target.glob("step_*.pt"):
@@ -601,7 +602,7 @@ def park_run(config: TrainConfig, parked_root: Path) -> Path:
     log_path = Path(config.run_dir) / "losses.jsonl"
     if log_path.exists():
         shutil.copyfile(log_path, target / "losses.jsonl")
-        _truncate_log(target / "losses.jsonl", int(source.stem.removeprefix("step_")))
+        _truncate_log(target / "losses.jsonl", step)
     return target / source.name
 
 
@@ -614,8 +615,7 @@ def unpark_run(config: TrainConfig, parked_root: Path) -> Path | None:
     current = latest_checkpoint(config.run_dir)
     if parked is None or (current is not None and current.name >= parked.name):
         return None
-    load_checkpoint(parked)
-    target = checkpoint_path(config.run_dir, int(parked.stem.removeprefix("step_")))
+    target = checkpoint_path(config.run_dir, int(load_checkpoint(parked)["step"]))
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(parked, target)
     if (parked.parent / "losses.jsonl").exists():
