@@ -71,6 +71,7 @@ def pretreat_padded(
     touches_right: bool = False,
     min_height_px: int = 48,
     max_width_ratio: float = 1.0,
+    thin_px: float = 0.0,
 ) -> PaddedSilhouette | Rejection:
     """`pretreat_silhouette` without the final cut: the 64x64 silhouette (as OpenGait stores it) and its transform.
 
@@ -95,8 +96,11 @@ def pretreat_padded(
         return Rejection("wide", f"mask is {width_px}x{height_px} px, wider than max_width_ratio={max_width_ratio}")
 
     new_width = max(1, int(cropped.shape[1] * SIL_HEIGHT / cropped.shape[0]))
-    resized = cv2.resize(cropped, (new_width, SIL_HEIGHT), interpolation=cv2.INTER_CUBIC)
-    resized = np.where(resized > 127, 255, 0).astype(np.uint8)
+    if thin_px > 0:
+        resized = _resize_thinned(cropped, new_width, thin_px)
+    else:
+        resized = cv2.resize(cropped, (new_width, SIL_HEIGHT), interpolation=cv2.INTER_CUBIC)
+        resized = np.where(resized > 127, 255, 0).astype(np.uint8)
     column_mass = resized.sum(axis=0, dtype=np.int64).cumsum()
     if column_mass[-1] == 0:
         return Rejection("empty", "mask vanished when resized to 64 px high")
@@ -117,6 +121,24 @@ def pretreat_padded(
     return PaddedSilhouette(np.ascontiguousarray(padded[:, left : left + SIL_PADDED_WIDTH]), transform)
 
 
+_THIN_SUPERSAMPLE = 4
+
+
+def _resize_thinned(cropped: NDArray[np.uint8], new_width: int, thin_px: float) -> NDArray[np.uint8]:
+    """The cropped mask resized to 64 high with its boundary pulled in by `thin_px` pixels of the 64-high image.
+
+    Eroding at 64 px can only remove whole pixel layers (a quarter of a walker's area each), so the mask is eroded
+    by a disk at four times the network's scale (a Euclidean distance transform) and then area-averaged down.
+    """
+    scale = _THIN_SUPERSAMPLE
+    big = cv2.resize(cropped, (new_width * scale, SIL_HEIGHT * scale), interpolation=cv2.INTER_CUBIC) > 127
+    big = np.pad(big, scale).astype(np.uint8)  # the crop's top and bottom rows are the body's edge too
+    inside = cv2.distanceTransform(big, cv2.DIST_L2, cv2.DIST_MASK_PRECISE) > thin_px * scale
+    small = cv2.resize(inside[scale:-scale, scale:-scale].astype(np.float32), (new_width, SIL_HEIGHT),
+                       interpolation=cv2.INTER_AREA)
+    return np.where(small > 0.5, 255, 0).astype(np.uint8)
+
+
 def pretreat_silhouette(
     mask: NDArray[np.bool_] | NDArray[np.uint8],
     *,
@@ -126,6 +148,7 @@ def pretreat_silhouette(
     touches_right: bool = False,
     min_height_px: int = 48,
     max_width_ratio: float = 1.0,
+    thin_px: float = 0.0,
 ) -> NDArray[np.uint8] | Rejection:
     """One person mask (h, w), any resolution -> (64, 44) uint8 in {0, 255}, or the reason it was rejected.
 
@@ -133,11 +156,13 @@ def pretreat_silhouette(
     border, where the person is cut off and the silhouette would lie about the gait (a walker entering or leaving
     at the side is as truncated as one cut at the top or bottom). `min_height_px` is the smallest mask height (in
     source pixels) worth upscaling to 64. `max_width_ratio` rejects blobs wider than tall (merged people, cars).
-    The result is re-binarised after the resize because the CASIA-B training silhouettes are binary.
+    The result is re-binarised after the resize because the CASIA-B training silhouettes are binary. `thin_px`
+    pulls the boundary in by that many pixels of the 64-high silhouette (fractions too): segmentation networks'
+    masks spill past the body, so they are fatter than the training silhouettes.
     """
     result = pretreat_padded(mask, touches_top=touches_top, touches_bottom=touches_bottom,
                              touches_left=touches_left, touches_right=touches_right, min_height_px=min_height_px,
-                             max_width_ratio=max_width_ratio)
+                             max_width_ratio=max_width_ratio, thin_px=thin_px)
     return result if isinstance(result, Rejection) else cut_sides(result.silhouette)
 
 

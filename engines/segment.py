@@ -145,6 +145,7 @@ def pretreat_track_mask(
     max_width_ratio: float = 1.0,
     box_xyxy_px: NDArray[np.float32] | None = None,
     quality: MaskQuality | None = None,
+    thin_px: float = 0.0,
 ) -> NDArray[np.uint8] | Rejection:
     """A track's mask -> (64, 44) uint8 silhouette, or why not.
 
@@ -171,6 +172,7 @@ def pretreat_track_mask(
         touches_right=x1 + cols[-1] >= width - 1 - edge_tolerance_px,
         min_height_px=min_height_px,
         max_width_ratio=max_width_ratio,
+        thin_px=thin_px,
     )
 
 

@@ -40,6 +40,8 @@ class SegmentConfig(StageConfig):
                                      "fragmented")
     min_height_ratio: float = Field(0.7, ge=0, le=1, description="a mask shorter than this share of its box "
                                     "covers only part of the person")
+    thin_px: float = Field(0.0, ge=0, le=4, description="pull each silhouette's boundary in by this many pixels of "
+                           "the 64-high network input: segmenters' masks are fatter than the training silhouettes")
 
     @field_validator("segmenter")
     @classmethod
@@ -70,7 +72,7 @@ class SegmentStage(Stage[SegmentConfig]):
             result = None if track_mask is None else pretreat_track_mask(
                 track_mask, frame_hw, edge_tolerance_px=config.border_margin_px,
                 min_height_px=config.min_height_px, max_width_ratio=config.max_width_ratio, box_xyxy_px=box,
-                quality=self.quality)
+                quality=self.quality, thin_px=config.thin_px)
             if isinstance(result, np.ndarray):
                 kept_ids.append(track_id)
                 images.append(result)

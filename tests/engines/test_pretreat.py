@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -99,3 +100,23 @@ def test_mirroring_a_silhouette_equals_pretreating_the_mirrored_mask() -> None:
     assert not np.array_equal(direct, turned)
     assert np.array_equal(mirror_silhouettes(direct), turned)
     assert np.array_equal(mirror_silhouettes(direct[None]), turned[None])
+
+
+def test_thinning_pulls_the_boundary_in_by_subpixel_steps() -> None:
+    """`thin_px` removes a thin shell in fractions of a 64-px pixel; 0 is the plain pretreatment, bit for bit."""
+    mask = _walker()
+    plain = pretreat_silhouette(mask)
+    assert np.array_equal(pretreat_silhouette(mask, thin_px=0.0), plain)
+    fills = []
+    for thin_px in (0.0, 0.25, 0.5, 1.0):
+        silhouette = pretreat_silhouette(mask, thin_px=thin_px)
+        assert isinstance(silhouette, np.ndarray) and silhouette.shape == (SIL_HEIGHT, SIL_WIDTH)
+        assert set(np.unique(silhouette)) <= {0, 255}
+        fills.append((silhouette > 0).mean())
+    assert fills == sorted(fills, reverse=True) and len(set(fills)) == len(fills)
+    assert fills[0] - fills[1] < 0.03  # a quarter pixel is a small step, not a whole eroded layer
+    thinned = pretreat_silhouette(mask, thin_px=0.5)
+    assert isinstance(thinned, np.ndarray)
+    grown = cv2.dilate(plain, np.ones((3, 3), np.uint8))  # re-centring may move it by up to a column
+    assert not (thinned > 0)[grown == 0].any()  # thinning only removes the boundary, it does not reshape the body
+
