@@ -32,9 +32,9 @@ log = logging.getLogger(__name__)
 WEIGHTS_FORMAT = "gaitstream-weights"
 CHECKPOINT_FORMAT = "gaitstream-train-checkpoint"
 HOW_TO_GET = (
-    "the project ships weights/meshgait_compact_casiab.pt (default) and weights/gaitbase_compact_casiab.pt; or train "
-    "one with `python tools/train.py --config configs/train/gaitbase_compact_casiab.yaml` (Mesh-Gait: "
-    "meshgait_compact_casiab.yaml after `python tools/make_synthetic.py --out runs/synthetic`)"
+    "the project ships weights/gaitbase_wild_synthetic_compact_casiab.pt (default), weights/meshgait_compact_casiab.pt "
+    "and weights/gaitbase_compact_casiab.pt; or train one with "
+    "`tools/run_arm.sh configs/train/gaitbase_wild_synthetic_compact_casiab.yaml` (or any config in configs/train/)"
 )
 
 

@@ -48,7 +48,7 @@ def test_a_site_config_anywhere_extends_the_shipped_one_and_its_paths_keep_their
     site.write_text(f"extends: {shipped}\nstages:\n  match:\n    gallery: people.sqlite\n")
     config = load_config(model, site)
     reference = load_config(model, shipped)
-    encoder = REPO_ROOT / "weights" / "meshgait_compact_casiab.pt"
+    encoder = REPO_ROOT / "weights" / "gaitbase_wild_synthetic_compact_casiab.pt"
     assert config.stages.gait.encoder.resolve() == reference.stages.gait.encoder.resolve() == encoder.resolve()
     assert [Path(w).resolve() for w in config.stages.detect_track.detector.weights] == \
         [Path(w).resolve() for w in reference.stages.detect_track.detector.weights]
