@@ -79,3 +79,12 @@ def test_cosine_rows() -> None:
     a = np.asarray([[1.0, 0.0], [1.0, 1.0]], np.float32)
     b = np.asarray([[2.0, 0.0], [-1.0, -1.0]], np.float32)
     np.testing.assert_allclose(cosine_rows(a, b), [1.0, -1.0])
+
+
+def test_onnx_runtime_threads_sleep_between_windows() -> None:
+    """The encoder runs once per window stride; spinning threads would take the detector's cores in between."""
+    from engines.backends.onnxruntime_backend import session_options
+
+    options = session_options(threads=2)
+    assert options.intra_op_num_threads == 2
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
