@@ -119,4 +119,3 @@ def test_thinning_pulls_the_boundary_in_by_subpixel_steps() -> None:
     assert isinstance(thinned, np.ndarray)
     grown = cv2.dilate(plain, np.ones((3, 3), np.uint8))  # re-centring may move it by up to a column
     assert not (thinned > 0)[grown == 0].any()  # thinning only removes the boundary, it does not reshape the body
-
