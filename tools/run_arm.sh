@@ -2,7 +2,7 @@
 # Train one arm of the encoder ablation end to end and evaluate it with the same commands as every other arm.
 #
 #   tools/run_arm.sh configs/train/gaitbase_wild_compact_casiab.yaml            # results in runs/arms/<config>/
-#   OUT=$OUT ONLY_TRAIN_EVAL=1 tools/run_arm.sh configs/train/gpu/gaitbase_wild_full_casiab.yaml   # a lent GPU
+#   OUT=$OUT ONLY_TRAIN_EVAL=1 tools/run_arm.sh configs/train/gpu/gaitbase_wild_synthetic_full_casiab.yaml   # a lent GPU
 #
 # ONLY_TRAIN_EVAL=1 stops after CASIA-B and USF (the real-footage runs need the detector cache of this machine: run
 # them here afterwards on the weights brought back).
