@@ -49,6 +49,7 @@ from engines.gait.weights import (
     CHECKPOINT_FORMAT,
     atomic_torch_save,
     build_model,
+    load_gait_model,
     model_kind,
     read_torch_file,
     save_weights,
@@ -158,6 +159,9 @@ class RuntimeSection(_Section):
 class TrainConfig(_Section):
     name: str = Field(description="run and model name, e.g. gaitbase-compact-casiab")
     run_dir: Path = Field(description="outputs folder; relative to the config file")
+    init_weights: Path | None = Field(None, description="a fine-tune: start from these weights' parameters (a "
+                                      "weights file of the same architecture and classes) instead of a random "
+                                      "initialisation; optimiser and schedule start fresh. Relative to the config file")
     model: GaitBaseArchitecture
     branch_3d: Branch3DSection | None = None
     data: DataSection
@@ -208,6 +212,8 @@ def load_train_config(path: Path) -> TrainConfig:
     }
     if config.synthetic is not None:
         update["synthetic"] = config.synthetic.model_copy(update={"root": base / config.synthetic.root})
+    if config.init_weights is not None:
+        update["init_weights"] = base / config.init_weights
     return config.model_copy(update=update)
 
 
@@ -345,6 +351,8 @@ class Trainer:
             self.model = MeshGait(self.model_config)
             self.model.set_body_model(torch.from_numpy(self.synthetic.marker_interpolation).float(),
                                       torch.from_numpy(self.synthetic.joint_regressor).float())
+        if config.init_weights is not None:
+            self._initialise_from(config.init_weights)
         self.model = self.model.to(self.device)
         self.memory_format = torch.channels_last if runtime.channels_last else torch.contiguous_format
         self.model = self.model.to(memory_format=self.memory_format)
@@ -369,6 +377,16 @@ class Trainer:
                  config.name, model_kind(self.model), self.device, len(self.labels),
                  0 if self.synthetic is None else len(self.synthetic.keys), num_classes,
                  sum(p.numel() for p in self.model.parameters()))
+
+    def _initialise_from(self, path: Path) -> None:
+        """Copy a weights file's parameters into the fresh model; it must be the same network, classes included."""
+        model, info = load_gait_model(path)
+        if info["kind"] != model_kind(self.model) or model.config.model_dump(mode="json") != \
+                self.model_config.model_dump(mode="json"):
+            raise CheckpointError(f"{path}: init_weights is a {info['kind']} with config {info['config']}, the run "
+                                  f"builds a {model_kind(self.model)} with {self.model_config.model_dump(mode='json')}")
+        self.model.load_state_dict(model.state_dict())
+        log.info("initialised from weights=%s (%s)", path, info["name"])
 
     def resume(self, path: Path) -> None:
         """Restore every state saved by `save_checkpoint`; the next step is the checkpoint's step."""

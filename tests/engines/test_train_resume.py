@@ -113,6 +113,20 @@ def test_weights_written_at_the_end_of_training_load(tmp_path: Path, dataset: Pa
     assert info["name"].startswith("gaitbase-tiny-test@") and model.config.parts == 16
 
 
+def test_a_fine_tune_starts_from_the_given_weights(tmp_path: Path, dataset: Path) -> None:
+    """`init_weights`: the first step starts from those parameters; another network is refused by name."""
+    config = tiny_config(tmp_path / "first", dataset).model_copy(update={"optim": OptimSection(lr=0.05, total_steps=1)})
+    trained = train(config, progress=False).weights
+    fine_tune = tiny_config(tmp_path / "second", dataset).model_copy(update={"init_weights": trained})
+    start = Trainer(fine_tune).model.state_dict()
+    expected, _ = load_gait_model(trained)
+    assert all(torch.equal(start[key], value) for key, value in expected.state_dict().items())
+    other = GaitBase(GaitBaseConfig(channels=(4, 8, 8, 32), part_dim=8))
+    save_weights(other, tmp_path / "other.pt", name="other", metadata={})
+    with pytest.raises(CheckpointError, match="other.pt: init_weights is a gaitbase with config"):
+        Trainer(fine_tune.model_copy(update={"init_weights": tmp_path / "other.pt"}))
+
+
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path: Path, dataset: Path) -> None:
     config = tiny_config(tmp_path, dataset)
     train(config, stop_step=2, progress=False)
