@@ -90,7 +90,7 @@ class MatchConfig(StageConfig):
         None, gt=0, lt=2, description="largest part-averaged cosine distance accepted as a match; null: the "
         "threshold calibrated for the encoder (its weights' metadata, written by tools/calibrate.py)")
     margin_ratio: float = Field(
-        0.9, gt=0, le=1, description="name the closest identity only if its distance is at most this times the "
+        0.8, gt=0, le=1, description="name the closest identity only if its distance is at most this times the "
         "runner-up's (1: no margin)")
     top_k: int = Field(3, ge=1, description="candidates reported with each decision")
     orphaned_track_timeout_s: float = Field(

@@ -34,6 +34,13 @@ A dump given as `A.npz+B.npz` (two encoders' dumps of the same walks, e.g. `tool
 `--set stages.gait.encoder=...` on one detection cache) is their ensemble: the parts of both side by side, so every
 distance is the mean of the two encoders' distances (`load_ensemble`).
 
+`--decide ACCEPT MARGIN` also scores the match stage's own decision on each dump (the closest identity named when
+within ACCEPT and at most MARGIN times the runner-up's distance; `engines.matching.decide_identity`) in galleries of
+`--gallery-size` people drawn at random from the enrolled ones (default: all of them): of the probe walks whose
+person is in the gallery, the share named right and named wrong; of the others, strangers to that gallery, the share
+named as someone. That is open-set identification's false positive identification rate, which grows with the
+gallery: the nearest of many strangers is nearer than a random one, which a pairwise false-accept rate does not see.
+
 Only what helps on every dataset is worth making a matcher rule: real footage, other probe sets and cameras decide.
 """
 
@@ -170,6 +177,41 @@ def score_rules(distances: NDArray[np.float32], names: NDArray[np.str_], people:
     return report
 
 
+def decisions(distances: NDArray[np.float32], names: NDArray[np.str_], people: NDArray[np.str_], accept: float,
+              margin: float, gallery_size: int | None = None, draws: int = 200, seed: int = 0) -> dict[str, object]:
+    """The match stage's decisions on (walks x identities) distances, in random `gallery_size`-person galleries
+    (`draws` of them; all enrolled people once when None): named right and wrong (% of walks whose person is in the
+    gallery) and strangers named (% of walks whose person is not). Ties in the margin test count as named, as in
+    `decide_identity`."""
+    size = len(names) if gallery_size is None or gallery_size >= len(names) else gallery_size
+    if size < 2:
+        raise ValueError("decisions need galleries of at least 2 people")
+    rng = np.random.default_rng(seed)
+    owner = np.searchsorted(names, people)
+    owner[~np.isin(people, names)] = -1
+    right = wrong = members = strangers = named_strangers = 0
+    for _ in range(draws if size < len(names) else 1):
+        gallery = np.sort(rng.choice(len(names), size, replace=False))
+        here = distances[:, gallery]
+        closest = here.argsort(1)[:, :2]
+        first, second = np.take_along_axis(here, closest, 1).T
+        named = (first <= accept) & (first <= margin * second)
+        member = np.isin(owner, gallery)
+        hit = gallery[closest[:, 0]] == owner
+        right += int((named & hit & member).sum())
+        wrong += int((named & ~hit & member).sum())
+        members += int(member.sum())
+        strangers += int((~member).sum())
+        named_strangers += int((named & ~member).sum())
+
+    def percent(count: int, total: int) -> float | None:
+        return round(100.0 * count / total, 1) if total else None
+
+    return {"accept_distance": accept, "margin_ratio": margin, "gallery_size": size,
+            "named_right": percent(right, members), "named_wrong": percent(wrong, members),
+            "strangers_named": percent(named_strangers, strangers)}
+
+
 def _cell(value: object) -> str:
     return f"{value:5.1f}" if isinstance(value, float) else "    -"
 
@@ -183,8 +225,13 @@ def main(argv: list[str] | None = None) -> int:
                         "(default: --casiab's), e.g. real footage's")
     parser.add_argument("--prior-walks", type=float, default=20.0, help="weight of the prior mean, in walks")
     parser.add_argument("--far", type=float, default=0.01, help="false-accept rate of the thresholds")
+    parser.add_argument("--decide", type=float, nargs=2, metavar=("ACCEPT", "MARGIN"),
+                        help="score the match stage's decisions at this threshold and margin ratio (see above)")
+    parser.add_argument("--gallery-size", type=int, help="with --decide: people per random gallery (default: all)")
     parser.add_argument("--json", type=Path, help="write every number here")
     args = parser.parse_args(argv)
+    if args.gallery_size is not None and (args.decide is None or args.gallery_size < 2):
+        parser.error("--gallery-size needs --decide and at least 2 people")
     try:
         casiab = None if args.casiab is None else load_ensemble(args.casiab)
         calibration = casiab if args.calibrate_on is None else load_ensemble(args.calibrate_on)
@@ -207,8 +254,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{path}: {len(np.unique(walks.walks))} walks, {len(np.unique(walks.people[walks.gallery]))} enrolled")
         rows = report["datasets"][str(path)] = {}  # type: ignore[index]
         for rule in rules:
-            row = rows[f"{rule[0]}/{rule[1]}"] = score_rules(
-                *walk_distances(walks, *rule, prior, args.prior_walks), thresholds[rule], args.far)
+            distances, names, people, scenes = walk_distances(walks, *rule, prior, args.prior_walks)
+            row = rows[f"{rule[0]}/{rule[1]}"] = score_rules(distances, names, people, scenes, thresholds[rule],
+                                                            args.far)
             scenes = " ".join(f"{scene} {value:5.1f}" for scene, value in row["rank1"].items())  # type: ignore[union-attr]
             transfer = "" if thresholds[rule] is None else (
                 f"  calibrated t {row['calibrated_threshold']:.3f}: false acc. {row['false_accepts']:4.1f} % genuine "
@@ -219,6 +267,11 @@ def main(argv: list[str] | None = None) -> int:
                 carried = "  ".join(f"{scene} {_cell(v['false_accepts'])} / {_cell(v['genuine_accepted'])}"
                                     for scene, v in row["other_scenes_threshold"].items())  # type: ignore[union-attr]
                 print(f"    threshold from the other scenes, false acc. / genuine %: {carried}")
+            if args.decide is not None:
+                decided = row["decisions"] = decisions(distances, names, people, *args.decide, args.gallery_size)
+                print(f"    decisions at {args.decide[0]} / margin {args.decide[1]}, {decided['gallery_size']}-person "
+                      f"galleries: right {_cell(decided['named_right'])} % wrong {_cell(decided['named_wrong'])} % "
+                      f"strangers named {_cell(decided['strangers_named'])} %")
     if args.json is not None:
         write_report(args.json, report)
     return 0

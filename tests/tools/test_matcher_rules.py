@@ -10,7 +10,7 @@ import pytest
 from engines.wild import WalkDump
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
-from matcher_rules import load_ensemble, load_walks, main, score_rules, walk_distances  # noqa: E402
+from matcher_rules import decisions, load_ensemble, load_walks, main, score_rules, walk_distances  # noqa: E402
 
 PARTS = 2
 
@@ -74,6 +74,25 @@ def test_ensemble_distance_is_the_mean_of_its_members(tmp_path: Path):
     np.savez(tmp_path / "c.npz", **data)
     with pytest.raises(ValueError, match="same windows"):
         load_ensemble(f"{first}+{tmp_path / 'c.npz'}")
+
+
+def test_decisions_follow_the_match_stage_rule_and_count_strangers_per_gallery():
+    """Three enrolled people; walk 0 is a's (clearly closest), walk 1 b's but too close to c to be named, walk 2
+    a stranger near a. In the full gallery: a named right, b unknown, the stranger named as a. In 2-person galleries
+    a walk whose person was not drawn is a stranger there, named or not by the same rule; nobody is named wrong."""
+    names = np.array(["a", "b", "c"])
+    people = np.array(["a", "b", "x"])
+    distances = np.array([[0.10, 0.40, 0.45],
+                          [0.50, 0.30, 0.32],
+                          [0.20, 0.60, 0.70]], dtype=np.float32)
+    full = decisions(distances, names, people, accept=0.35, margin=0.9)
+    assert (full["gallery_size"], full["named_right"], full["named_wrong"], full["strangers_named"]) == \
+        (3, 50.0, 0.0, 100.0)
+    pairs = decisions(distances, names, people, accept=0.5, margin=0.9, gallery_size=2, draws=300)
+    assert pairs["gallery_size"] == 2 and pairs["named_wrong"] == 0.0
+    assert 0 < pairs["strangers_named"] < 100
+    with pytest.raises(ValueError, match="at least 2 people"):
+        decisions(distances, names, people, 0.5, 0.9, gallery_size=1)
 
 
 def test_casia_b_dump_maps_conditions_to_scenes(tmp_path: Path):
