@@ -138,6 +138,10 @@ class LossSection(_Section):
         "nearer", description="with mirror_invariant_3d, which of the two each frame is compared with: the nearer "
         "to the head's guess (`mesh_losses`), or the one a rule on the silhouette alone picks (`Targets3D.canonical`: "
         "facing the camera where the body is turned, otherwise the left leg on the image's right)")
+    identity_into_3d_head: bool = Field(
+        True, description="false: the identity losses do not train the 3D heatmap head (it learns from the 3D losses "
+        "alone, as in tools/probe_3d.py, where it reconstructs; joint training at the head's high learning rate let "
+        "the identity gradients flatten it to one pose); its heatmaps still feed the identity features")
 
     def weights_3d(self) -> dict[str, float]:
         """The 3D loss weights by the names `mesh_losses` returns."""
@@ -485,7 +489,8 @@ class Trainer:
         amp_enabled = self.use_cuda_amp or self.use_cpu_bf16
         with torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp_enabled):
             if isinstance(self.model, MeshGait):
-                output = self.model(batch.silhouettes, with_3d=True, decode_3d_for=slice(batch.synthetic_from, None))
+                output = self.model(batch.silhouettes, with_3d=True, decode_3d_for=slice(batch.synthetic_from, None),
+                                    heatmaps_from_3d_only=not loss_cfg.identity_into_3d_head)
             else:
                 output = self.model(batch.silhouettes)
         if output.logits is None:

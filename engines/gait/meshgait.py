@@ -188,14 +188,17 @@ class MeshGait(nn.Module):
         self.joint_regressor.copy_(joint_regressor)
 
     def forward(self, silhouettes: torch.Tensor, with_3d: bool | None = None,
-                decode_3d_for: slice | None = None) -> EncoderOutput:
+                decode_3d_for: slice | None = None, heatmaps_from_3d_only: bool = False) -> EncoderOutput:
+        """`heatmaps_from_3d_only` (training): the identity losses' gradients stop at the 3D heatmaps, so the heatmap
+        head learns from the 3D losses alone while the heatmap encoder and fusion still learn to use its output."""
         n, s, h, w = silhouettes.shape
         resnet = self.silhouette_branch.backbone.block
         frames = silhouettes.reshape(n * s, 1, h, w)
         mid = resnet.layer3(resnet.layer2(resnet.layer1(resnet.relu(resnet.bn1(resnet.conv1(frames))))))
         features_2d = resnet.layer4(mid)
         heatmaps = self.heatmap_head(mid, s)
-        fused = self.fusion(features_2d, self.heatmap_encoder(heatmaps))
+        read = Heatmaps3D(heatmaps.maps_2d.detach(), heatmaps.depth.detach()) if heatmaps_from_3d_only else heatmaps
+        fused = self.fusion(features_2d, self.heatmap_encoder(read))
         c, fh, fw = fused.shape[1], fused.shape[2], fused.shape[3]
         output = self.silhouette_branch.head(fused.reshape(n, s, c, fh, fw).transpose(1, 2))
         if self.training if with_3d is None else with_3d:

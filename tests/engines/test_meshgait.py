@@ -57,6 +57,27 @@ def test_inference_runs_only_the_embedding_path() -> None:
         assert model(silhouettes[:, :3]).embeddings.shape == (3, 16, 8)
 
 
+def test_identity_losses_can_leave_the_3d_head_to_the_3d_losses() -> None:
+    """`heatmaps_from_3d_only`: the same embeddings, but an identity loss gives the heatmap head no gradient while
+    the heatmap encoder still gets one; a 3D loss still trains the head."""
+    torch.manual_seed(0)
+    model = MeshGait(TINY).train()
+    silhouettes = torch.rand(2, 5, 64, 44)
+    embeddings = []
+    for only_3d in (False, True):
+        model.zero_grad()
+        output = model(silhouettes, decode_3d_for=slice(0, 2), heatmaps_from_3d_only=only_3d)
+        embeddings.append(output.embeddings.detach())
+        output.embeddings.square().sum().backward(retain_graph=True)
+        head = model.heatmap_head.heatmap_logits.weight.grad
+        assert (head is None or not head.any()) == only_3d
+        assert model.heatmap_encoder.parameters().__next__().grad.any()
+        model.zero_grad()
+        output.joints_3d.square().sum().backward()
+        assert model.heatmap_head.heatmap_logits.weight.grad.any()
+    torch.testing.assert_close(embeddings[0], embeddings[1])
+
+
 def test_depth_context_starts_as_the_head_without_it_and_reads_each_walk() -> None:
     """Zero-initialised, the context term changes nothing; once learnt, every frame of a walk gets its walk's
     context and another walk in the batch does not leak into it."""
