@@ -385,10 +385,10 @@ class Trainer:
     def _initialise_from(self, path: Path) -> None:
         """Copy a weights file's parameters into the fresh model; it must be the same network, classes included."""
         model, info = load_gait_model(path)
-        if info["kind"] != model_kind(self.model) or model.config.model_dump(mode="json") != \
-                self.model_config.model_dump(mode="json"):
+        wanted = self.model_config.model_dump(mode="json")
+        if (info["kind"], info["config"]) != (model_kind(self.model), wanted):
             raise CheckpointError(f"{path}: init_weights is a {info['kind']} with config {info['config']}, the run "
-                                  f"builds a {model_kind(self.model)} with {self.model_config.model_dump(mode='json')}")
+                                  f"builds a {model_kind(self.model)} with {wanted}")
         self.model.load_state_dict(model.state_dict())
         log.info("initialised from weights=%s (%s)", path, info["name"])
 

@@ -257,11 +257,11 @@ def main(argv: list[str] | None = None) -> int:
             distances, names, people, scenes = walk_distances(walks, *rule, prior, args.prior_walks)
             row = rows[f"{rule[0]}/{rule[1]}"] = score_rules(distances, names, people, scenes, thresholds[rule],
                                                             args.far)
-            scenes = " ".join(f"{scene} {value:5.1f}" for scene, value in row["rank1"].items())  # type: ignore[union-attr]
+            per_scene = " ".join(f"{scene} {value:5.1f}" for scene, value in row["rank1"].items())  # type: ignore[union-attr]
             transfer = "" if thresholds[rule] is None else (
                 f"  calibrated t {row['calibrated_threshold']:.3f}: false acc. {row['false_accepts']:4.1f} % genuine "
                 f"{_cell(row['genuine_accepted'])} %")
-            print(f"  gallery {rule[0]:<8s} centring {rule[1]:<6s} Rank-1 {_cell(row['rank1_overall'])} ({scenes})  "
+            print(f"  gallery {rule[0]:<8s} centring {rule[1]:<6s} Rank-1 {_cell(row['rank1_overall'])} ({per_scene})  "
                   f"EER {_cell(row['equal_error_rate'])} %{transfer}")
             if "other_scenes_threshold" in row:
                 carried = "  ".join(f"{scene} {_cell(v['false_accepts'])} / {_cell(v['genuine_accepted'])}"

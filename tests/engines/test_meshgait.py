@@ -71,7 +71,7 @@ def test_identity_losses_can_leave_the_3d_head_to_the_3d_losses() -> None:
         output.embeddings.square().sum().backward(retain_graph=True)
         head = model.heatmap_head.heatmap_logits.weight.grad
         assert (head is None or not head.any()) == only_3d
-        assert model.heatmap_encoder.parameters().__next__().grad.any()
+        assert next(model.heatmap_encoder.parameters()).grad.any()
         model.zero_grad()
         output.joints_3d.square().sum().backward()
         assert model.heatmap_head.heatmap_logits.weight.grad.any()
