@@ -383,14 +383,24 @@ class Trainer:
                  sum(p.numel() for p in self.model.parameters()))
 
     def _initialise_from(self, path: Path) -> None:
-        """Copy a weights file's parameters into the fresh model; it must be the same network, classes included."""
+        """Copy a weights file's parameters into the fresh model; it must be the same network, classes included.
+
+        A GaitBase file may also start a Mesh-Gait built on the same GaitBase (architecture and classes): it fills
+        the silhouette branch, the 3D branch starts fresh and the fusion's projection starts at zero, so the first
+        step's embeddings are the GaitBase's and the 3D features enter only as far as training lets them.
+        """
         model, info = load_gait_model(path)
         wanted = self.model_config.model_dump(mode="json")
-        if (info["kind"], info["config"]) != (model_kind(self.model), wanted):
+        if (info["kind"], info["config"]) == (model_kind(self.model), wanted):
+            self.model.load_state_dict(model.state_dict())
+        elif isinstance(self.model, MeshGait) and info["kind"] == "gaitbase" and \
+                info["config"] == self.model.silhouette_branch.config.model_dump(mode="json"):
+            self.model.silhouette_branch.load_state_dict(model.state_dict())
+            nn.init.zeros_(self.model.fusion.project[1].weight)
+        else:
             raise CheckpointError(f"{path}: init_weights is a {info['kind']} with config {info['config']}, the run "
                                   f"builds a {model_kind(self.model)} with {wanted}")
-        self.model.load_state_dict(model.state_dict())
-        log.info("initialised from weights=%s (%s)", path, info["name"])
+        log.info("initialised from weights=%s (%s, %s)", path, info["name"], info["kind"])
 
     def resume(self, path: Path) -> None:
         """Restore every state saved by `save_checkpoint`; the next step is the checkpoint's step."""

@@ -212,6 +212,38 @@ def test_3d_head_learning_rate_factor_makes_a_second_group(tmp_path: Path, casia
     assert len(base["params"]) + len(head["params"]) == len(list(trainer.model.parameters()))
 
 
+def test_a_gaitbase_starts_a_mesh_gait_that_embeds_as_it_does(tmp_path: Path, casia_b: Path,
+                                                              synthetic_root: Path) -> None:
+    """`init_weights` of a GaitBase: its parameters fill the silhouette branch and the fusion starts closed, so the
+    Mesh-Gait's first embeddings are the GaitBase's; a GaitBase of another width is refused."""
+    from engines.errors import CheckpointError
+    from engines.gait.gaitbase import GaitBase, GaitBaseConfig
+    from engines.gait.weights import save_weights
+    from engines.train import Trainer
+
+    torch.manual_seed(1)
+    gaitbase = GaitBase(GaitBaseConfig(channels=(4, 8, 8, 16), part_dim=8, num_classes=5))  # 3 CASIA-B + 2 synthetic
+    save_weights(gaitbase, tmp_path / "gaitbase.pt", name="gaitbase-tiny", metadata={})
+    path = _config(tmp_path, casia_b, synthetic_root)
+    raw = yaml.safe_load(path.read_text())
+    raw["init_weights"] = str(tmp_path / "gaitbase.pt")
+    path.write_text(yaml.safe_dump(raw))
+    model = Trainer(load_train_config(path)).model.float().eval()
+    started, _ = load_gait_model(tmp_path / "gaitbase.pt")
+    silhouettes = torch.rand(2, 6, 64, 44).contiguous()
+    with torch.no_grad():
+        expected = started.float().eval()(silhouettes).inference_embeddings
+        got = model(silhouettes.contiguous(memory_format=torch.contiguous_format)).inference_embeddings
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+
+    wider = GaitBase(GaitBaseConfig(channels=(4, 8, 8, 32), part_dim=8, num_classes=5))
+    save_weights(wider, tmp_path / "wider.pt", name="wider", metadata={})
+    raw["init_weights"] = str(tmp_path / "wider.pt")
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(CheckpointError, match="wider.pt: init_weights is a gaitbase with config"):
+        Trainer(load_train_config(path))
+
+
 def test_probe_retrains_only_the_3d_head(trained: Path, synthetic_root: Path, tmp_path: Path) -> None:
     from tools import probe_3d
 
