@@ -395,8 +395,7 @@ class Trainer:
             self.model.load_state_dict(model.state_dict())
         elif isinstance(self.model, MeshGait) and info["kind"] == "gaitbase" and \
                 info["config"] == self.model.silhouette_branch.config.model_dump(mode="json"):
-            self.model.silhouette_branch.load_state_dict(model.state_dict())
-            nn.init.zeros_(self.model.fusion.project[1].weight)
+            self.model.start_from(model)
         else:
             raise CheckpointError(f"{path}: init_weights is a {info['kind']} with config {info['config']}, the run "
                                   f"builds a {model_kind(self.model)} with {wanted}")

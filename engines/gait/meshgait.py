@@ -177,6 +177,12 @@ class MeshGait(nn.Module):
         self.register_buffer("marker_interpolation", torch.full((config.vertices, config.markers), 1 / config.markers))
         self.register_buffer("joint_regressor", torch.full((config.joints, config.vertices), 1 / config.vertices))
 
+    def start_from(self, gaitbase: GaitBase) -> None:
+        """Take a trained GaitBase of this silhouette branch's config as that branch, with the fusion's projection
+        at zero: the embeddings are the GaitBase's until training opens the fusion to the (fresh) 3D features."""
+        self.silhouette_branch.load_state_dict(gaitbase.state_dict())
+        nn.init.zeros_(self.fusion.project[1].weight)
+
     def set_body_model(self, marker_interpolation: torch.Tensor, joint_regressor: torch.Tensor) -> None:
         """Fix the mesh decoder: (V, markers) marker-to-vertex map and (joints, V) joint regressor of the body model."""
         if tuple(marker_interpolation.shape) != tuple(self.marker_interpolation.shape) or \
