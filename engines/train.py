@@ -383,7 +383,9 @@ class Trainer:
                  sum(p.numel() for p in self.model.parameters()))
 
     def _initialise_from(self, path: Path) -> None:
-        """Copy a weights file's parameters into the fresh model; it must be the same network, classes included.
+        """Copy a weights file's parameters into the fresh model; it must be the same network, classes included,
+        or a GaitBase whose classes are the first of the run's (its data adds identities after the file's: new
+        synthetic subjects sort after those it was trained on, so each old class keeps its label).
 
         A GaitBase file may also start a Mesh-Gait built on the same GaitBase (architecture and classes): it fills
         the silhouette branch, the 3D branch starts fresh and the fusion's projection starts at zero, so the first
@@ -391,10 +393,14 @@ class Trainer:
         """
         model, info = load_gait_model(path)
         wanted = self.model_config.model_dump(mode="json")
+        more_classes = {**info["config"], "num_classes": wanted.get("num_classes")} == wanted and \
+            info["config"]["num_classes"] <= wanted["num_classes"]
+        starts = (isinstance(self.model, GaitBase) and more_classes) or (  # a fine-tune that adds identities
+            isinstance(self.model, MeshGait)
+            and info["config"] == self.model.silhouette_branch.config.model_dump(mode="json"))
         if (info["kind"], info["config"]) == (model_kind(self.model), wanted):
             self.model.load_state_dict(model.state_dict())
-        elif isinstance(self.model, MeshGait) and info["kind"] == "gaitbase" and \
-                info["config"] == self.model.silhouette_branch.config.model_dump(mode="json"):
+        elif info["kind"] == "gaitbase" and starts:
             self.model.start_from(model)
         else:
             raise CheckpointError(f"{path}: init_weights is a {info['kind']} with config {info['config']}, the run "

@@ -107,6 +107,17 @@ class GaitBase(nn.Module):
                 nn.init.normal_(module.weight, 1.0, 0.02)
                 nn.init.constant_(module.bias, 0.0)
 
+    def start_from(self, trained: GaitBase) -> None:
+        """Take a trained GaitBase whose classes are the first of this one's (a fine-tune that adds identities, e.g.
+        more synthetic walkers): every parameter is copied, and only the added classes' weights start fresh."""
+        wanted = self.config.model_copy(update={"num_classes": trained.config.num_classes})
+        if trained.config != wanted or trained.config.num_classes > self.config.num_classes:
+            raise ValueError(f"a GaitBase with {trained.config} cannot start one with {self.config}")
+        state = trained.state_dict()
+        fc_bin = self.bn_necks.fc_bin.detach().clone()
+        fc_bin[..., : trained.config.num_classes] = state.pop("bn_necks.fc_bin")
+        self.load_state_dict(state | {"bn_necks.fc_bin": fc_bin})
+
     def backbone_features(self, silhouettes: torch.Tensor) -> torch.Tensor:
         """(N, T, 64, 44) float in [0, 1] -> frame feature maps `[n, c, s, h, w]` (c = channels[-1], h=16, w=11)."""
         return self.backbone(silhouettes.unsqueeze(1))

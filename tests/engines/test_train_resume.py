@@ -127,6 +127,28 @@ def test_a_fine_tune_starts_from_the_given_weights(tmp_path: Path, dataset: Path
         Trainer(fine_tune.model_copy(update={"init_weights": tmp_path / "other.pt"}))
 
 
+def test_a_fine_tune_that_adds_identities_keeps_the_trained_classes(tmp_path: Path, dataset: Path) -> None:
+    """More subjects than the weights were trained on: every parameter is taken, the old classes' weights included
+    (they keep their labels), and only the added classes start fresh; fewer classes than the weights is refused."""
+    config = tiny_config(tmp_path / "first", dataset).model_copy(update={"optim": OptimSection(lr=0.05, total_steps=1)})
+    trained = train(config, progress=False).weights
+    wider = tiny_config(tmp_path / "second", dataset)
+    wider = wider.model_copy(update={"init_weights": trained,
+                                     "data": wider.data.model_copy(update={"last_subject": 6})})
+    model = Trainer(wider).model
+    expected, _ = load_gait_model(trained)
+    assert (expected.config.num_classes, model.config.num_classes) == (4, 6)
+    start, old = model.state_dict(), expected.state_dict()
+    assert all(torch.equal(start[key], value) for key, value in old.items() if key != "bn_necks.fc_bin")
+    assert torch.equal(start["bn_necks.fc_bin"][..., :4], old["bn_necks.fc_bin"])
+    assert start["bn_necks.fc_bin"][..., 4:].abs().sum() > 0
+    narrower = tiny_config(tmp_path / "third", dataset)
+    narrower = narrower.model_copy(update={"data": narrower.data.model_copy(update={"last_subject": 3}),
+                                           "init_weights": trained})
+    with pytest.raises(CheckpointError, match="init_weights is a gaitbase with config"):
+        Trainer(narrower)
+
+
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path: Path, dataset: Path) -> None:
     config = tiny_config(tmp_path, dataset)
     train(config, stop_step=2, progress=False)
