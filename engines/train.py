@@ -393,9 +393,7 @@ class Trainer:
         """
         model, info = load_gait_model(path)
         wanted = self.model_config.model_dump(mode="json")
-        more_classes = {**info["config"], "num_classes": wanted.get("num_classes")} == wanted and \
-            info["config"]["num_classes"] <= wanted["num_classes"]
-        starts = (isinstance(self.model, GaitBase) and more_classes) or (  # a fine-tune that adds identities
+        starts = (isinstance(self.model, GaitBase) and self.model.config.extends(model.config)) or (
             isinstance(self.model, MeshGait)
             and info["config"] == self.model.silhouette_branch.config.model_dump(mode="json"))
         if (info["kind"], info["config"]) == (model_kind(self.model), wanted):

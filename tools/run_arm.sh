@@ -23,10 +23,12 @@ shared=${GAITSTREAM_SHARED:-../shared}
 mkdir -p "$out"
 log() { echo "$(date +%H:%M:%S) $name: $*"; }
 
-# The set's first 80 % of subjects train (engines.data.synthetic.split_subjects): 240 trained walkers -> 300 made.
+# The set's first train_fraction (0.8) of subjects train (engines.data.synthetic.split_subjects): 240 -> 300 made.
 read -r synthetic subjects < <("$python" -c "
+from engines.data.synthetic import SyntheticSpec
 from engines.train import load_train_config
-c = load_train_config('$config').synthetic; print(f'{c.root} {round(c.last_subject / 0.8)}' if c else '')")
+c = load_train_config('$config').synthetic
+print(f'{c.root} {round(c.last_subject / SyntheticSpec.train_fraction)}' if c else '')")
 if [[ -n "$synthetic" && ! -f "$synthetic/meta.json" ]]; then
   log "making the synthetic set $synthetic ($subjects walkers)"
   "$python" tools/make_synthetic.py --out "$synthetic" --subjects "$subjects" --elevation-max 45 \

@@ -64,6 +64,11 @@ class GaitBaseConfig(GaitBaseArchitecture):
 
     num_classes: int = Field(74, gt=0, description="training identities (BNNeck classifier width)")
 
+    def extends(self, trained: GaitBaseConfig) -> bool:
+        """The same network as `trained` with at least its classes: what `GaitBase.start_from` can start from."""
+        return trained.model_copy(update={"num_classes": self.num_classes}) == self and \
+            trained.num_classes <= self.num_classes
+
 
 @dataclass
 class EncoderOutput:
@@ -110,8 +115,7 @@ class GaitBase(nn.Module):
     def start_from(self, trained: GaitBase) -> None:
         """Take a trained GaitBase whose classes are the first of this one's (a fine-tune that adds identities, e.g.
         more synthetic walkers): every parameter is copied, and only the added classes' weights start fresh."""
-        wanted = self.config.model_copy(update={"num_classes": trained.config.num_classes})
-        if trained.config != wanted or trained.config.num_classes > self.config.num_classes:
+        if not self.config.extends(trained.config):
             raise ValueError(f"a GaitBase with {trained.config} cannot start one with {self.config}")
         state = trained.state_dict()
         fc_bin = self.bn_necks.fc_bin.detach().clone()
