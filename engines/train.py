@@ -187,21 +187,53 @@ class TrainConfig(_Section):
         return self
 
 
+_PATH_KEYS = (("run_dir",), ("init_weights",), ("data", "root"), ("synthetic", "root"))
+"""Where a training config holds paths; each is relative to the file that writes it."""
+
+
+def read_train_tree(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """One training YAML with its `extends: OTHER.yaml` chain merged in, section by section (the extending file's
+    values win), every path made absolute against the folder of the file that wrote it. `extends` lets an ablation
+    arm state only how it differs from the run it is compared with."""
+    here = path.resolve()
+    if here in seen:
+        raise ConfigFileError(f"{seen[0]}: extends: {here} makes a loop")
+    try:
+        tree = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigFileError(f"{path}: cannot read YAML ({exc})") from exc
+    if not isinstance(tree, dict):
+        raise ConfigFileError(f"{path}: expected a mapping at the top level")
+    for key_path in _PATH_KEYS:
+        node = tree
+        for part in key_path[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and isinstance(node.get(key_path[-1]), str):
+            node[key_path[-1]] = str(here.parent / node[key_path[-1]])
+    if "extends" not in tree:
+        return tree
+    return _merged(read_train_tree(here.parent / str(tree.pop("extends")), (*seen, here)), tree)
+
+
+def _merged(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """`top` over `base`; a section in both is merged key by key, anything else in `top` replaces."""
+    merged = dict(base)
+    for key, value in top.items():
+        both_sections = isinstance(value, dict) and isinstance(base.get(key), dict)
+        merged[key] = _merged(base[key], value) if both_sections else value
+    return merged
+
+
 def load_train_config(path: Path) -> TrainConfig:
-    """Parse and validate a training YAML; relative paths resolve against the file's folder.
+    """Parse and validate a training YAML (and the file it `extends`, if any); relative paths resolve against the
+    folder of the file that writes them.
 
     Raises `ConfigFileError` naming the file, the key path and the rule, e.g.
     `configs/train/x.yaml: optim.lr: Input should be greater than 0 (got -1)`.
     """
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigFileError(f"{path}: cannot read YAML ({exc})") from exc
-    if not isinstance(raw, dict):
-        raise ConfigFileError(f"{path}: expected a mapping at the top level")
-    try:
-        config = TrainConfig.model_validate(raw)
+        return TrainConfig.model_validate(read_train_tree(path))
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
@@ -209,16 +241,6 @@ def load_train_config(path: Path) -> TrainConfig:
             message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
             problems.append(f"{key}: {message} (got {error.get('input')!r})")
         raise ConfigFileError(f"{path}: " + "; ".join(problems)) from exc
-    base = path.resolve().parent
-    update: dict[str, Any] = {
-        "run_dir": base / config.run_dir,
-        "data": config.data.model_copy(update={"root": base / config.data.root}),
-    }
-    if config.synthetic is not None:
-        update["synthetic"] = config.synthetic.model_copy(update={"root": base / config.synthetic.root})
-    if config.init_weights is not None:
-        update["init_weights"] = base / config.init_weights
-    return config.model_copy(update=update)
 
 
 def resolve_device(device: str) -> torch.device:

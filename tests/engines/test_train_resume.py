@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from engines.errors import CheckpointError, DatasetError
+from engines.errors import CheckpointError, ConfigFileError, DatasetError
 from engines.gait.gaitbase import GaitBase, GaitBaseConfig
 from engines.gait.weights import load_gait_model, save_weights
 from engines.train import (
@@ -21,6 +21,7 @@ from engines.train import (
     load_checkpoint,
     load_train_config,
     park_run,
+    read_train_tree,
     train,
     unpark_run,
 )
@@ -180,4 +181,20 @@ def test_committed_training_configs_validate(path: Path) -> None:
     config = load_train_config(path)
     assert config.optim.total_steps > 0 and config.run_dir.is_absolute()
     if config.branch_3d is not None:  # Mesh-Gait runs name what they do with the mirror ambiguity, not a default
-        assert "mirror_invariant_3d" in yaml.safe_load(path.read_text())["loss"]
+        assert "mirror_invariant_3d" in read_train_tree(path)["loss"]
+
+
+def test_an_arm_states_only_how_it_differs_from_the_config_it_extends(tmp_path: Path, dataset: Path) -> None:
+    control = tiny_config(tmp_path / "control", dataset)
+    arm_folder = tmp_path / "arms"
+    arm_folder.mkdir()
+    (arm_folder / "arm.yaml").write_text("extends: ../control/tiny.yaml\nname: gaitbase-tiny-arm\nrun_dir: arm\n"
+                                         "optim: {lr: 0.01}\nruntime: {seed: 4}\n")
+    arm = load_train_config(arm_folder / "arm.yaml")
+    assert (arm.name, arm.optim.lr, arm.runtime.seed) == ("gaitbase-tiny-arm", 0.01, 4)
+    # the rest of each section is the control's, and each path means what it meant in the file that wrote it
+    assert arm.optim.total_steps == control.optim.total_steps and arm.runtime.threads == control.runtime.threads
+    assert arm.data == control.data and arm.run_dir.resolve() == (arm_folder / "arm").resolve()
+    (tmp_path / "control" / "tiny.yaml").write_text("extends: ../arms/arm.yaml\n")
+    with pytest.raises(ConfigFileError, match="makes a loop"):
+        load_train_config(arm_folder / "arm.yaml")
