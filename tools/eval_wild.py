@@ -12,9 +12,9 @@ with at least one gait window (single-person clips: the track with the most silh
 Reported per scene and overall: Rank-1/Rank-5 of the enrolled probe people (from their track's final candidates),
 final outcomes (right / wrong / unknown; for people not enrolled: unknown / false accept), per-window Rank-1,
 genuine and impostor distances at track and window level, and the threshold that would give --far false accepts
-on this data. The detector's output is cached per clip and detector settings under --cache (the detector is ~90 %
-of the cost; everything after it, detect_track's own logic included, runs again), so a rerun with another encoder,
-segmenter or matcher setting takes a minute and an interrupted run resumes.
+on this data. The detector's output is cached per clip content and detector settings under --cache (the detector is
+~90 % of the cost; everything after it, detect_track's own logic included, runs again), so a rerun with another
+encoder, segmenter or matcher setting takes a minute, an interrupted run resumes, and a copied clip still hits.
 Exit codes: 0 done, 2 bad input.
 """
 
@@ -74,11 +74,15 @@ class DetectionCache:
         self._settings = json.dumps(settings, sort_keys=True)
 
     def path(self, clip: Path) -> Path | None:
+        """Keyed by the clip's bytes, not its path or time stamp: a copied, moved or re-checked-out clip still hits
+        (hashing reads the file once, a small fraction of what detecting it costs)."""
         if self.folder is None:
             return None
-        stat = clip.stat()
-        key = json.dumps([str(clip.resolve()), stat.st_size, stat.st_mtime_ns, self._settings])
-        return self.folder / f"{clip.stem}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
+        digest = hashlib.sha256(self._settings.encode())
+        with clip.open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+        return self.folder / f"{clip.stem}-{digest.hexdigest()[:16]}.npz"
 
     @staticmethod
     def save(path: Path, frames: list[Detections]) -> None:
