@@ -41,6 +41,11 @@ person is in the gallery, the share named right and named wrong; of the others, 
 named as someone. That is open-set identification's false positive identification rate, which grows with the
 gallery: the nearest of many strangers is nearer than a random one, which a pairwise false-accept rate does not see.
 
+`--calibrate-decision MARGIN --gallery-size N` chooses the open-set threshold on what it is for: the largest
+`accept_distance` at which the match stage, with that margin ratio, names at most `--strangers-named` (10) % of the
+walks of people who are not in random N-person galleries, on each dump, and the smallest of those over the dumps
+(the encoder's calibration: CASIA-B and USF, README "Calibrating on your cameras").
+
 Only what helps on every dataset is worth making a matcher rule: real footage, other probe sets and cameras decide.
 """
 
@@ -212,6 +217,21 @@ def decisions(distances: NDArray[np.float32], names: NDArray[np.str_], people: N
             "strangers_named": percent(named_strangers, strangers)}
 
 
+def accept_for_strangers(distances: NDArray[np.float32], names: NDArray[np.str_], people: NDArray[np.str_],
+                         margin: float, strangers_named: float, gallery_size: int) -> float:
+    """The largest `accept_distance` (to 0.001, at most 2) at which the match stage, with `margin`, names at most
+    `strangers_named` % of the walks of people not in random `gallery_size`-person galleries. Found by bisection: the
+    share grows with the threshold. 2 means the threshold never binds here (the margin alone keeps the rate)."""
+    low, high = 0.0, 2.0
+    if decisions(distances, names, people, high, margin, gallery_size)["strangers_named"] <= strangers_named:
+        return high
+    while high - low > 5e-4:
+        middle = (low + high) / 2
+        named = decisions(distances, names, people, middle, margin, gallery_size)["strangers_named"]
+        low, high = (middle, high) if named <= strangers_named else (low, middle)  # type: ignore[operator]
+    return float(np.floor(low * 1000) / 1000)
+
+
 def _cell(value: object) -> str:
     return f"{value:5.1f}" if isinstance(value, float) else "    -"
 
@@ -228,10 +248,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decide", type=float, nargs=2, metavar=("ACCEPT", "MARGIN"),
                         help="score the match stage's decisions at this threshold and margin ratio (see above)")
     parser.add_argument("--gallery-size", type=int, help="with --decide: people per random gallery (default: all)")
+    parser.add_argument("--calibrate-decision", type=float, metavar="MARGIN",
+                        help="the open-set threshold for this margin ratio: on each dump the largest that names at "
+                        "most --strangers-named %% of strangers in --gallery-size galleries, then the smallest of "
+                        "those (README: calibrating)")
+    parser.add_argument("--strangers-named", type=float, default=10.0, help="with --calibrate-decision (%(default)s)")
     parser.add_argument("--json", type=Path, help="write every number here")
     args = parser.parse_args(argv)
-    if args.gallery_size is not None and (args.decide is None or args.gallery_size < 2):
-        parser.error("--gallery-size needs --decide and at least 2 people")
+    if args.gallery_size is not None and (args.decide is None and args.calibrate_decision is None
+                                          or args.gallery_size < 2):
+        parser.error("--gallery-size needs --decide or --calibrate-decision and at least 2 people")
+    if args.calibrate_decision is not None and args.gallery_size is None:
+        parser.error("--calibrate-decision needs --gallery-size (smaller than each dump's enrolled people: the rest "
+                     "are the strangers)")
     try:
         casiab = None if args.casiab is None else load_ensemble(args.casiab)
         calibration = casiab if args.calibrate_on is None else load_ensemble(args.calibrate_on)
@@ -272,6 +301,24 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"    decisions at {args.decide[0]} / margin {args.decide[1]}, {decided['gallery_size']}-person "
                       f"galleries: right {_cell(decided['named_right'])} % wrong {_cell(decided['named_wrong'])} % "
                       f"strangers named {_cell(decided['strangers_named'])} %")
+    if args.calibrate_decision is not None:
+        found = {}
+        for path, walks in datasets:  # the match stage's own rule: nearest enrolled window, no centring
+            distances, names, people, _ = walk_distances(walks, "nearest", "none")
+            if len(names) <= args.gallery_size:
+                print(f"error: {path}: {len(names)} enrolled people leave no strangers for {args.gallery_size}-person "
+                      "galleries", file=sys.stderr)
+                return 2
+            found[str(path)] = accept_for_strangers(distances, names, people, args.calibrate_decision,
+                                                    args.strangers_named, args.gallery_size)
+            binds = "" if found[str(path)] < 2 else " (never binds: the margin alone names fewer)"
+            print(f"{path}: accept_distance {found[str(path)]:.3f}{binds}")
+        chosen = min(found.values())
+        report["decision_calibration"] = {"margin_ratio": args.calibrate_decision, "gallery_size": args.gallery_size,
+                                          "strangers_named": args.strangers_named, "per_dump": found,
+                                          "accept_distance": chosen}
+        print(f"accept_distance {chosen:.3f} (margin {args.calibrate_decision}, at most {args.strangers_named} % of "
+              f"strangers named in {args.gallery_size}-person galleries of every dump)")
     if args.json is not None:
         write_report(args.json, report)
     return 0

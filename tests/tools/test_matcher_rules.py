@@ -10,7 +10,7 @@ import pytest
 from engines.wild import WalkDump
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
-from matcher_rules import decisions, load_ensemble, load_walks, main, score_rules, walk_distances  # noqa: E402
+from matcher_rules import accept_for_strangers, decisions, load_ensemble, load_walks, main, score_rules, walk_distances  # noqa: E402
 
 PARTS = 2
 
@@ -93,6 +93,18 @@ def test_decisions_follow_the_match_stage_rule_and_count_strangers_per_gallery()
     assert 0 < pairs["strangers_named"] < 100
     with pytest.raises(ValueError, match="at least 2 people"):
         decisions(distances, names, people, 0.5, 0.9, gallery_size=1)
+
+
+def test_the_decision_threshold_is_the_largest_that_keeps_the_strangers_rate():
+    """Ten strangers, each equally far from all three enrolled people (0.1, 0.2, ... 1.0), with margin 1 (ties are
+    named): a stranger is named exactly when the threshold reaches its distance, in every gallery drawn."""
+    names = np.array(["a", "b", "c"])
+    people = np.array([f"x{i}" for i in range(10)])
+    distances = np.repeat(np.arange(1, 11, dtype=np.float32)[:, None] / 10, 3, axis=1)
+    assert accept_for_strangers(distances, names, people, 1.0, 30.0, 2) == pytest.approx(0.399)
+    assert accept_for_strangers(distances, names, people, 1.0, 0.0, 2) == pytest.approx(0.099)
+    assert accept_for_strangers(distances, names, people, 1.0, 100.0, 2) == 2.0  # never binds
+    assert accept_for_strangers(distances, names, people, 0.9, 0.0, 2) == 2.0  # the margin names no one
 
 
 def test_casia_b_dump_maps_conditions_to_scenes(tmp_path: Path):
