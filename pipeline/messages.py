@@ -29,7 +29,7 @@ from numpy.typing import NDArray
 
 from pipeline.errors import SchemaError, StaleFrame
 
-SCHEMA_VERSION = 2  # 2: Embeddings.accept_distance
+SCHEMA_VERSION = 3  # 2: Embeddings.accept_distance; 3: Embeddings.margin_ratio
 FrameEncoding = Literal["shm", "raw", "jpeg"]
 
 
@@ -126,8 +126,8 @@ class Embeddings:
 
     `parts` lets a matcher reshape to (k, parts, D // parts) for OpenGait's part-averaged distance; `encoder`
     names the weights that produced them; `window_frames` is the number of silhouettes in each window, and
-    `final` marks the embedding computed when the track ended. `accept_distance` is the open-set threshold
-    calibrated for that encoder (its weights' metadata), None when it was never calibrated.
+    `final` marks the embedding computed when the track ended. `accept_distance` and `margin_ratio` are the
+    open-set decision calibrated for that encoder (its weights' metadata), None when it was never calibrated.
     """
 
     track_ids: NDArray[np.int64]
@@ -137,6 +137,7 @@ class Embeddings:
     parts: int
     encoder: str
     accept_distance: float | None = None
+    margin_ratio: float | None = None
 
     def __post_init__(self) -> None:
         _check_array("Embeddings", "track_ids", self.track_ids, np.int64, (None,))

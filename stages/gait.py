@@ -218,6 +218,7 @@ class GaitStage(Stage[GaitConfig]):
                 parts=self.encoder.parts,
                 encoder=self.encoder.name,
                 accept_distance=self.encoder.accept_distance,
+                margin_ratio=self.encoder.margin_ratio,
             ))
         return out
 

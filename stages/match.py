@@ -89,9 +89,10 @@ class MatchConfig(StageConfig):
     accept_distance: float | None = Field(
         None, gt=0, lt=2, description="largest part-averaged cosine distance accepted as a match; null: the "
         "threshold calibrated for the encoder (its weights' metadata, written by tools/calibrate.py)")
-    margin_ratio: float = Field(
-        0.8, gt=0, le=1, description="name the closest identity only if its distance is at most this times the "
-        "runner-up's (1: no margin)")
+    margin_ratio: float | None = Field(
+        None, gt=0, le=1, description="name the closest identity only if its distance is at most this times the "
+        "runner-up's (1: no margin); null: the ratio the encoder's threshold was calibrated with (its weights' "
+        "metadata), else 0.8")
     top_k: int = Field(3, ge=1, description="candidates reported with each decision")
     orphaned_track_timeout_s: float = Field(
         30.0, gt=0, description="wall clock: forget the evidence of a track unseen this long whose end never came "
@@ -105,6 +106,9 @@ class MatchConfig(StageConfig):
 
 #: Used when neither the config nor the encoder's weights give a threshold: the compact CASIA-B encoders' 1 % FAR.
 FALLBACK_ACCEPT_DISTANCE = 0.34
+#: Used when neither gives a margin ratio: the largest that names at most 10 % of strangers in 10-person galleries of
+#: CASIA-B and USF with the default encoder (README, "Strangers in bigger galleries").
+FALLBACK_MARGIN_RATIO = 0.8
 
 
 @dataclasses.dataclass
@@ -298,13 +302,21 @@ class MatchStage(Stage):
                         embeddings.encoder, FALLBACK_ACCEPT_DISTANCE)
         return FALLBACK_ACCEPT_DISTANCE
 
+    def _margin_ratio(self, embeddings: Embeddings) -> float:
+        """The config's ratio, else the one the encoder's threshold was calibrated with: a threshold chosen for one
+        ratio names more strangers with a looser one."""
+        config: MatchConfig = self.config  # type: ignore[assignment]
+        if config.margin_ratio is not None:
+            return config.margin_ratio
+        return FALLBACK_MARGIN_RATIO if embeddings.margin_ratio is None else embeddings.margin_ratio
+
     def _decide(self, stream_id: str, embeddings: Embeddings | None, now_s: float) -> set[int]:
         """Add each new window to its track's evidence and decide the walk; returns the track ids decided now."""
         config: MatchConfig = self.config  # type: ignore[assignment]
         if embeddings is None or not len(embeddings.track_ids):
             return set()
         can_match = self._can_match(embeddings)
-        accept = self._accept_distance(embeddings)
+        accept, margin = self._accept_distance(embeddings), self._margin_ratio(embeddings)
         offset = (self.camera_means.mean(self._camera(stream_id), embeddings.encoder)
                   if self.centred_index is not None else None)
         if offset is not None:
@@ -322,7 +334,7 @@ class MatchStage(Stage):
                 assert self.index is not None
                 index = self.index if offset is None else self.centred_index
                 matches = index.query(state.evidence.embedding()[None], max(config.top_k, 2), offset)[0]  # type: ignore[union-attr]
-            name, confidence = decide_identity(matches, accept, config.margin_ratio)
+            name, confidence = decide_identity(matches, accept, margin)
             if name != state.label[0]:
                 log.info("identity stream=%s track=%d identity=%s confidence=%.2f windows=%d", stream_id, track_id,
                          name, confidence, state.evidence.windows)

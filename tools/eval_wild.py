@@ -270,7 +270,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
             if not enrolled:
                 raise GaitstreamError("no gallery clip yielded a track long enough to enrol anyone")
             index = GalleryIndex(snapshot)
-            accept_distance = effective_accept_distance(config, run)
+            accept_distance, margin_ratio = effective_decision(config, run)
             matcher = run.open_matcher()
             for clip in probe_clips:
                 bar.set_postfix_str(f"probe {clip.path.name}")
@@ -298,7 +298,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         "overrides": list(args.overrides),
         "encoder": snapshot.encoder,
         "accept_distance": accept_distance,
-        "margin_ratio": config.stages.match.margin_ratio,
+        "margin_ratio": margin_ratio,
         "enrolled": {name: enrolled.get(name, 0) for name in names},
         "seconds": round(time.perf_counter() - started, 1),
         **scores,
@@ -307,15 +307,17 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def effective_accept_distance(config: Any, run: WildRun) -> float:
-    """The threshold the match stage decides with: the config's, else the encoder's calibrated one, else the
-    fallback."""
-    from stages.match import FALLBACK_ACCEPT_DISTANCE
+def effective_decision(config: Any, run: WildRun) -> tuple[float, float]:
+    """The threshold and margin ratio the match stage decides with: the config's, else the encoder's calibrated
+    ones, else the fallbacks."""
+    from stages.match import FALLBACK_ACCEPT_DISTANCE, FALLBACK_MARGIN_RATIO
 
-    if config.stages.match.accept_distance is not None:
-        return float(config.stages.match.accept_distance)
     encoder = run.embed.stages[run.embed.graph.index("gait")].encoder  # type: ignore[attr-defined]
-    return FALLBACK_ACCEPT_DISTANCE if encoder.accept_distance is None else float(encoder.accept_distance)
+    match = config.stages.match
+    accept = match.accept_distance if match.accept_distance is not None else encoder.accept_distance
+    margin = match.margin_ratio if match.margin_ratio is not None else encoder.margin_ratio
+    return (FALLBACK_ACCEPT_DISTANCE if accept is None else float(accept),
+            FALLBACK_MARGIN_RATIO if margin is None else float(margin))
 
 
 def _clip_report(clip: ManifestClip, collector: TrackCollector, assigned: dict[str, Any]) -> dict[str, Any]:

@@ -49,12 +49,11 @@ run usf_embeddings.npz "$python" tools/eval.py --weights "$weights" --usf "$shar
 # at the default margin ratio, names at most 10 % of strangers in 10-person galleries of CASIA-B and of USF. KTH and
 # the shared clips are not used to choose it: they check it.
 if [[ ! -f "$out/calibration.json" ]]; then
-  margin=$("$python" -c "from pathlib import Path; from stages import load_pipeline_config
-print(load_pipeline_config(Path('configs/pipeline/default.yaml')).stages.match.margin_ratio)")
+  margin=$("$python" -c "from stages.match import FALLBACK_MARGIN_RATIO; print(FALLBACK_MARGIN_RATIO)")
   "$python" tools/matcher_rules.py "$out/casiab_embeddings.npz" "$out/usf_embeddings.npz" \
     --calibrate-decision "$margin" --gallery-size 10 --json "$out/calibration.json"
   accept=$("$python" -c "import json; print(json.load(open('$out/calibration.json'))['decision_calibration']['accept_distance'])")
-  "$python" tools/calibrate.py "$out/weights.pt" --accept-distance "$accept" \
+  "$python" tools/calibrate.py "$out/weights.pt" --accept-distance "$accept" --margin-ratio "$margin" \
     --source "tools/matcher_rules.py --calibrate-decision $margin --gallery-size 10 (CASIA-B, USF): $out/calibration.json"
 fi
 if [[ "${ONLY_TRAIN_EVAL:-0}" == 1 ]]; then log "done (training, CASIA-B, USF, calibration): $out"; exit 0; fi

@@ -30,6 +30,7 @@ META_PART_DIM = "gaitstream.part_dim"
 META_SOURCE_SHA256 = "gaitstream.source_sha256"
 META_WALK_DIRECTION = "gaitstream.walk_direction"
 META_ACCEPT_DISTANCE = "gaitstream.accept_distance"
+META_MARGIN_RATIO = "gaitstream.margin_ratio"
 WALK_DIRECTIONS = ("right_to_left", "left_to_right")
 
 
@@ -37,7 +38,8 @@ WALK_DIRECTIONS = ("right_to_left", "left_to_right")
 class EncoderInfo:
     """What a gallery and a matcher need to know about an encoder: its identity, embedding layout (P parts of C
     channels), the walking direction of its training data (`right_to_left`, `left_to_right`, or None when it saw
-    both or nobody recorded it) and the open-set threshold calibrated for it (None when never calibrated)."""
+    both or nobody recorded it) and the open-set decision calibrated for it: the threshold and the margin ratio it
+    was calibrated with (None when never calibrated)."""
 
     name: str
     parts: int
@@ -45,16 +47,18 @@ class EncoderInfo:
     source_sha256: str | None = None
     walk_direction: str | None = None
     accept_distance: float | None = None
+    margin_ratio: float | None = None
 
     @classmethod
     def from_weights(cls, info: dict[str, Any], parts: int, part_dim: int) -> EncoderInfo:
         """From `load_gait_model`'s info dict: the weights' name and sha256, and their calibration metadata."""
         metadata = info.get("metadata") or {}
         direction = metadata.get("walk_direction")
-        accept = metadata.get("accept_distance")
+        accept, margin = metadata.get("accept_distance"), metadata.get("margin_ratio")
         return cls(name=info["name"], parts=parts, part_dim=part_dim, source_sha256=info["sha256"],
                    walk_direction=direction if direction in WALK_DIRECTIONS else None,
-                   accept_distance=float(accept) if accept is not None else None)
+                   accept_distance=float(accept) if accept is not None else None,
+                   margin_ratio=float(margin) if margin is not None else None)
 
     def to_metadata(self) -> dict[str, str]:
         """String key/values for ONNX `metadata_props` and the engine sidecar."""
@@ -65,6 +69,8 @@ class EncoderInfo:
             meta[META_WALK_DIRECTION] = self.walk_direction
         if self.accept_distance is not None:
             meta[META_ACCEPT_DISTANCE] = repr(self.accept_distance)
+        if self.margin_ratio is not None:
+            meta[META_MARGIN_RATIO] = repr(self.margin_ratio)
         return meta
 
     @classmethod
@@ -72,11 +78,12 @@ class EncoderInfo:
         """The info recorded by `to_metadata`, or None when the artefact was not written by gaitstream."""
         try:
             direction = meta.get(META_WALK_DIRECTION)
-            accept = meta.get(META_ACCEPT_DISTANCE)
+            accept, margin = meta.get(META_ACCEPT_DISTANCE), meta.get(META_MARGIN_RATIO)
             return cls(name=meta[META_NAME], parts=int(meta[META_PARTS]), part_dim=int(meta[META_PART_DIM]),
                        source_sha256=meta.get(META_SOURCE_SHA256),
                        walk_direction=direction if direction in WALK_DIRECTIONS else None,
-                       accept_distance=float(accept) if accept is not None else None)
+                       accept_distance=float(accept) if accept is not None else None,
+                       margin_ratio=float(margin) if margin is not None else None)
         except (KeyError, ValueError):
             return None
 

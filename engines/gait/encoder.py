@@ -50,6 +50,7 @@ class GaitEncoder:
         self.path = path
         self.walk_direction = info.walk_direction  # training data's direction: the gait stage mirrors walks to it
         self.accept_distance = info.accept_distance  # calibrated open-set threshold, None if never calibrated
+        self.margin_ratio = info.margin_ratio  # the margin ratio that threshold was calibrated with
 
     def encode_parts(self, silhouettes: NDArray[np.uint8]) -> NDArray[np.float32]:
         """(N, T, 64, 44) uint8 silhouettes (0 background, 255 person) -> (N, parts, part_dim) float32."""

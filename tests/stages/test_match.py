@@ -38,8 +38,10 @@ def gallery(tmp_path: Path) -> Path:
     return path
 
 
-def window_records(track_windows: list[tuple[int, np.ndarray]], stream: str = "cam", start: int = 0) -> list:
-    """One record per window: the track is on the frame and its window completed there."""
+def window_records(track_windows: list[tuple[int, np.ndarray]], stream: str = "cam", start: int = 0,
+                   margin_ratio: float | None = None) -> list:
+    """One record per window: the track is on the frame and its window completed there; the encoder's calibrated
+    decision is accept_distance 0.5 with `margin_ratio`."""
     records = []
     for i, (track_id, vector) in enumerate(track_windows):
         record = make_record(stream, start + i, np.zeros((8, 8, 3), np.uint8))
@@ -47,7 +49,7 @@ def window_records(track_windows: list[tuple[int, np.ndarray]], stream: str = "c
             record,
             tracks=Tracks(np.asarray([[0, 0, 10, 20]], np.float32), np.asarray([track_id]), np.ones(1, np.float32)),
             embeddings=Embeddings(np.asarray([track_id]), vector[None], np.asarray([30]), np.asarray([False]),
-                                  PARTS, ENCODER, accept_distance=0.5)))
+                                  PARTS, ENCODER, accept_distance=0.5, margin_ratio=margin_ratio)))
     return records
 
 
@@ -82,6 +84,11 @@ def test_a_stranger_is_unknown_and_a_walk_between_two_people_needs_a_margin(gall
     assert labels(run.outputs)[7] == [first.name] and ratio > 0.8  # about as close to both
     below = no_margin.model_copy(update={"margin_ratio": ratio - 0.01})
     assert labels(run_stage(MatchStage, between, below).outputs)[7] == ["unknown"]
+    # margin_ratio null: the ratio the encoder's threshold was calibrated with, carried by its embeddings
+    from_encoder = no_margin.model_copy(update={"margin_ratio": None})
+    for encoder_ratio, expected in ((1.0, first.name), (ratio - 0.01, "unknown")):
+        calibrated = window_records([(7, (person(1) + person(2)) / 2)], margin_ratio=encoder_ratio)
+        assert labels(run_stage(MatchStage, calibrated, from_encoder).outputs)[7] == [expected]
 
 
 def test_the_encoders_threshold_applies_unless_the_config_sets_one(gallery: Path):
