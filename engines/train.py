@@ -216,7 +216,8 @@ def read_train_tree(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
 
 
 def _merged(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    """`top` over `base`; a section in both is merged key by key, anything else in `top` replaces."""
+    """`top` over `base`; a section in both is merged key by key, anything else in `top` replaces. The same rule as
+    pipeline.config.merge_trees, which engines may not import (docs/DESIGN.md, layers)."""
     merged = dict(base)
     for key, value in top.items():
         both_sections = isinstance(value, dict) and isinstance(base.get(key), dict)

@@ -111,6 +111,17 @@ FALLBACK_ACCEPT_DISTANCE = 0.34
 FALLBACK_MARGIN_RATIO = 0.8
 
 
+def resolve_decision(config: MatchConfig, accept_distance: float | None,
+                     margin_ratio: float | None) -> tuple[float, float]:
+    """The threshold and margin ratio a match is decided with: the config's, else those calibrated for the encoder
+    (its weights' metadata: a threshold chosen for one ratio names more strangers with a looser one), else the
+    fallbacks."""
+    accept = config.accept_distance if config.accept_distance is not None else accept_distance
+    margin = config.margin_ratio if config.margin_ratio is not None else margin_ratio
+    return (FALLBACK_ACCEPT_DISTANCE if accept is None else accept,
+            FALLBACK_MARGIN_RATIO if margin is None else margin)
+
+
 @dataclasses.dataclass
 class _TrackState:
     evidence: TrackEvidence
@@ -289,26 +300,15 @@ class MatchStage(Stage):
             return False
         return True
 
-    def _accept_distance(self, embeddings: Embeddings) -> float:
+    def _decision(self, embeddings: Embeddings) -> tuple[float, float]:
+        """`resolve_decision` for this encoder, warning once when neither config nor weights give a threshold."""
         config: MatchConfig = self.config  # type: ignore[assignment]
-        if config.accept_distance is not None:
-            return config.accept_distance
-        if embeddings.accept_distance is not None:
-            return embeddings.accept_distance
-        if not self.warned_uncalibrated:
+        if config.accept_distance is None and embeddings.accept_distance is None and not self.warned_uncalibrated:
             self.warned_uncalibrated = True
             log.warning("encoder %s carries no calibrated accept_distance and stages.match.accept_distance is not "
                         "set: using %.2f (calibrate: tools/calibrate.py, README \"Calibrating on your cameras\")",
                         embeddings.encoder, FALLBACK_ACCEPT_DISTANCE)
-        return FALLBACK_ACCEPT_DISTANCE
-
-    def _margin_ratio(self, embeddings: Embeddings) -> float:
-        """The config's ratio, else the one the encoder's threshold was calibrated with: a threshold chosen for one
-        ratio names more strangers with a looser one."""
-        config: MatchConfig = self.config  # type: ignore[assignment]
-        if config.margin_ratio is not None:
-            return config.margin_ratio
-        return FALLBACK_MARGIN_RATIO if embeddings.margin_ratio is None else embeddings.margin_ratio
+        return resolve_decision(config, embeddings.accept_distance, embeddings.margin_ratio)
 
     def _decide(self, stream_id: str, embeddings: Embeddings | None, now_s: float) -> set[int]:
         """Add each new window to its track's evidence and decide the walk; returns the track ids decided now."""
@@ -316,7 +316,7 @@ class MatchStage(Stage):
         if embeddings is None or not len(embeddings.track_ids):
             return set()
         can_match = self._can_match(embeddings)
-        accept, margin = self._accept_distance(embeddings), self._margin_ratio(embeddings)
+        accept, margin = self._decision(embeddings)
         offset = (self.camera_means.mean(self._camera(stream_id), embeddings.encoder)
                   if self.centred_index is not None else None)
         if offset is not None:

@@ -308,16 +308,11 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def effective_decision(config: Any, run: WildRun) -> tuple[float, float]:
-    """The threshold and margin ratio the match stage decides with: the config's, else the encoder's calibrated
-    ones, else the fallbacks."""
-    from stages.match import FALLBACK_ACCEPT_DISTANCE, FALLBACK_MARGIN_RATIO
+    """The threshold and margin ratio the match stage decides with on this run's encoder."""
+    from stages.match import resolve_decision
 
     encoder = run.embed.stages[run.embed.graph.index("gait")].encoder  # type: ignore[attr-defined]
-    match = config.stages.match
-    accept = match.accept_distance if match.accept_distance is not None else encoder.accept_distance
-    margin = match.margin_ratio if match.margin_ratio is not None else encoder.margin_ratio
-    return (FALLBACK_ACCEPT_DISTANCE if accept is None else float(accept),
-            FALLBACK_MARGIN_RATIO if margin is None else float(margin))
+    return resolve_decision(config.stages.match, encoder.accept_distance, encoder.margin_ratio)
 
 
 def _clip_report(clip: ManifestClip, collector: TrackCollector, assigned: dict[str, Any]) -> dict[str, Any]:
