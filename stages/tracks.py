@@ -16,16 +16,27 @@ from pipeline.messages import Candidate, DataMessage, EndOfStream, FrameRecord
 
 @dataclass
 class TrackSummary:
-    """What one track yielded: its frame range, silhouette count, gait embeddings and latest identity."""
+    """What one track yielded: its frame range, silhouette count (and masks rejected, by reason), gait embeddings
+    and latest identity."""
 
     track_id: int
     first_frame: int
     last_frame: int
     silhouettes: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)  # e.g. {"truncated": 36, "tiny": 16}
     embeddings: list[np.ndarray] = field(default_factory=list)
     identity: str | None = None  # the match stage's latest label (None when no match stage ran)
     score: float = 0.0
     candidates: tuple[Candidate, ...] = ()
+
+    def why_few(self) -> str:
+        """'9 usable silhouettes; 52 masks rejected: truncated 36, tiny 16': why a track gave no gait window, in the
+        segment stage's reasons (`engines.pretreat`)."""
+        text = f"{self.silhouettes} usable silhouettes"
+        if self.rejected:
+            reasons = sorted(self.rejected.items(), key=lambda item: (-item[1], item[0]))
+            text += f"; {sum(self.rejected.values())} masks rejected: " + ", ".join(f"{r} {n}" for r, n in reasons)
+        return text
 
 
 @dataclass
@@ -44,6 +55,10 @@ class TrackCollector:
             if message.silhouettes is not None:
                 for track_id in message.silhouettes.track_ids.tolist():
                     self._track(track_id, message.seq).silhouettes += 1
+            if message.rejections is not None:
+                for track_id, reason in zip(message.rejections.track_ids.tolist(), message.rejections.reasons):
+                    rejected = self._track(track_id, message.seq).rejected
+                    rejected[reason] = rejected.get(reason, 0) + 1
         if not isinstance(message, (FrameRecord, EndOfStream)):
             return
         if message.embeddings is not None:
@@ -74,13 +89,14 @@ def choose_track(tracks: list[TrackSummary], track_id: int | None, source: str) 
             known = ", ".join(str(t.track_id) for t in tracks) or "none"
             raise GaitstreamError(f"{source}: no track {track_id} (tracks: {known}; see --list-tracks)")
         if not found.embeddings:
-            raise GaitstreamError(f"{source}: track {track_id} has only {found.silhouettes} usable silhouettes, "
-                                  f"too few for a gait window")
+            raise GaitstreamError(f"{source}: track {track_id} gave no gait window ({found.why_few()})")
         return found
     if len(usable) == 1:
         return usable[0]
     if not usable:
-        raise GaitstreamError(f"{source}: nobody walked long enough in view to enrol ({len(tracks)} tracks)")
+        longest = max(tracks, key=lambda t: t.silhouettes + sum(t.rejected.values()), default=None)
+        seen = "" if longest is None else f"; the longest, track {longest.track_id}: {longest.why_few()}"
+        raise GaitstreamError(f"{source}: nobody walked long enough in view to enrol ({len(tracks)} tracks{seen})")
     listing = "; ".join(f"track {t.track_id} frames {t.first_frame}-{t.last_frame}" for t in usable)
     raise GaitstreamError(f"{source}: {len(usable)} people ({listing}); choose one with --track-id")
 

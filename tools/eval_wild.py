@@ -319,7 +319,8 @@ def _clip_report(clip: ManifestClip, collector: TrackCollector, assigned: dict[s
     return {
         "clip": clip.path.name, "role": clip.role, "scene": clip.scene, "people": list(clip.people),
         "tracks": [{"track_id": t.track_id, "frames": [t.first_frame, t.last_frame], "silhouettes": t.silhouettes,
-                    "windows": len(t.embeddings), "identity": t.identity} for t in collector.in_order()],
+                    "rejected": t.rejected, "windows": len(t.embeddings), "identity": t.identity}
+                   for t in collector.in_order()],
         "assigned": {person: track.track_id for person, track in assigned.items()},
     }
 
