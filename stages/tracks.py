@@ -31,7 +31,7 @@ class TrackSummary:
 
     def why_few(self) -> str:
         """'9 usable silhouettes; 52 masks rejected: truncated 36, tiny 16': why a track gave no gait window, in the
-        segment stage's reasons (`engines.pretreat`)."""
+        segment stage's reasons (`engines.pretreat`, `engines.segment`)."""
         text = f"{self.silhouettes} usable silhouettes"
         if self.rejected:
             reasons = sorted(self.rejected.items(), key=lambda item: (-item[1], item[0]))
