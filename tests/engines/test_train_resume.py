@@ -175,7 +175,7 @@ def test_missing_dataset_is_a_clear_error(tmp_path: Path) -> None:
         Trainer(config)
 
 
-@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[2] / "configs" / "train").glob("*.yaml")),
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[2] / "configs" / "train").glob("**/*.yaml")),
                          ids=lambda path: path.name)
 def test_committed_training_configs_validate(path: Path) -> None:
     config = load_train_config(path)
