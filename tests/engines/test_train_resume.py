@@ -175,8 +175,11 @@ def test_missing_dataset_is_a_clear_error(tmp_path: Path) -> None:
         Trainer(config)
 
 
-@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[2] / "configs" / "train").glob("**/*.yaml")),
-                         ids=lambda path: path.name)
+TRAIN_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "train"
+
+
+@pytest.mark.parametrize("path", sorted(TRAIN_CONFIGS.glob("**/*.yaml")),
+                         ids=lambda path: str(path.relative_to(TRAIN_CONFIGS)))
 def test_committed_training_configs_validate(path: Path) -> None:
     config = load_train_config(path)
     assert config.optim.total_steps > 0 and config.run_dir.is_absolute()
