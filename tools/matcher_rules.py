@@ -44,7 +44,9 @@ gallery: the nearest of many strangers is nearer than a random one, which a pair
 `--calibrate-decision MARGIN --gallery-size N` chooses the open-set threshold on what it is for: the largest
 `accept_distance` at which the match stage, with that margin ratio, names at most `--strangers-named` (10) % of the
 walks of people who are not in random N-person galleries, on each dump, and the smallest of those over the dumps
-(the encoder's calibration: CASIA-B and USF, README "Calibrating on your cameras").
+(the encoder's calibration: CASIA-B and USF, README "Calibrating on your cameras"). It calibrates the match stage's
+distances (`nearest none`) unless `--decision-rule` names another rule: `nearest scene` for the threshold that
+`stages.match.centring.accept_distance` needs (centred distances have a scale of their own).
 
 Only what helps on every dataset is worth making a matcher rule: real footage, other probe sets and cameras decide.
 """
@@ -253,11 +255,16 @@ def main(argv: list[str] | None = None) -> int:
                         "most --strangers-named %% of strangers in --gallery-size galleries, then the smallest of "
                         "those (README: calibrating)")
     parser.add_argument("--strangers-named", type=float, default=10.0, help="with --calibrate-decision (%(default)s)")
+    parser.add_argument("--decision-rule", nargs=2, metavar=("GALLERY", "CENTRING"), default=("nearest", "none"),
+                        help="with --calibrate-decision: the rule whose distances are calibrated (default: the match "
+                        "stage's, nearest none; e.g. nearest scene for `stages.match.centring`)")
     parser.add_argument("--json", type=Path, help="write every number here")
     args = parser.parse_args(argv)
     if args.gallery_size is not None and (args.decide is None and args.calibrate_decision is None
                                           or args.gallery_size < 2):
         parser.error("--gallery-size needs --decide or --calibrate-decision and at least 2 people")
+    if tuple(args.decision_rule) not in product(GALLERY_RULES, CENTRING_RULES):
+        parser.error(f"--decision-rule: GALLERY one of {GALLERY_RULES}, CENTRING one of {CENTRING_RULES}")
     if args.calibrate_decision is not None and args.gallery_size is None:
         parser.error("--calibrate-decision needs --gallery-size (smaller than each dump's enrolled people: the rest "
                      "are the strangers)")
@@ -303,8 +310,9 @@ def main(argv: list[str] | None = None) -> int:
                       f"strangers named {_cell(decided['strangers_named'])} %")
     if args.calibrate_decision is not None:
         found = {}
-        for path, walks in datasets:  # the match stage's own rule: nearest enrolled window, no centring
-            distances, names, people, _ = walk_distances(walks, "nearest", "none")
+        rule = tuple(args.decision_rule)
+        for path, walks in datasets:
+            distances, names, people, _ = walk_distances(walks, *rule)
             if len(names) <= args.gallery_size:
                 print(f"error: {path}: {len(names)} enrolled people leave no strangers for {args.gallery_size}-person "
                       "galleries", file=sys.stderr)
@@ -314,11 +322,12 @@ def main(argv: list[str] | None = None) -> int:
             binds = "" if found[str(path)] < 2 else " (never binds: the margin alone names fewer)"
             print(f"{path}: accept_distance {found[str(path)]:.3f}{binds}")
         chosen = min(found.values())
-        report["decision_calibration"] = {"margin_ratio": args.calibrate_decision, "gallery_size": args.gallery_size,
+        report["decision_calibration"] = {"rule": "/".join(rule), "margin_ratio": args.calibrate_decision,
+                                          "gallery_size": args.gallery_size,
                                           "strangers_named": args.strangers_named, "per_dump": found,
                                           "accept_distance": chosen}
-        print(f"accept_distance {chosen:.3f} (margin {args.calibrate_decision}, at most {args.strangers_named} % of "
-              f"strangers named in {args.gallery_size}-person galleries of every dump)")
+        print(f"accept_distance {chosen:.3f} (rule {'/'.join(rule)}, margin {args.calibrate_decision}, at most "
+              f"{args.strangers_named} % of strangers named in {args.gallery_size}-person galleries of every dump)")
     if args.json is not None:
         write_report(args.json, report)
     return 0

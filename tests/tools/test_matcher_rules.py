@@ -133,3 +133,18 @@ def test_cli_rejects_a_file_that_is_not_a_dump(tmp_path: Path, capsys: pytest.Ca
     np.savez(tmp_path / "other.npz", x=np.zeros(3))
     assert main([str(tmp_path / "other.npz")]) == 2
     assert "not an embedding dump" in capsys.readouterr().err
+
+
+def test_cli_calibrates_the_decision_under_the_rule_asked_for(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    """`--decision-rule nearest scene` calibrates the centred distances `stages.match.centring` decides on."""
+    wild = _scene_shifted_dump(tmp_path / "wild.npz")
+    out = tmp_path / "rules.json"
+    assert main([str(wild), "--calibrate-decision", "0.9", "--gallery-size", "2", "--decision-rule", "nearest",
+                 "scene", "--json", str(out)]) == 0
+    calibration = json.loads(out.read_text())["decision_calibration"]
+    distances, names, people, _ = walk_distances(load_walks(wild), "nearest", "scene")
+    assert calibration["rule"] == "nearest/scene"
+    assert calibration["accept_distance"] == accept_for_strangers(distances, names, people, 0.9, 10.0, 2)
+    assert "rule nearest/scene" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main([str(wild), "--calibrate-decision", "0.9", "--gallery-size", "2", "--decision-rule", "nearest", "shrunk"])
